@@ -1,0 +1,269 @@
+"""Configuration file: typed, validated, and every error names the field path and the bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """An invalid configuration; `problems` holds one message per invalid field."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --- HPA-shaped behavior (autoscaling/v2 HorizontalPodAutoscalerBehavior) ---------------------
+
+
+class ScalingPolicy(Strict):
+    """One rate limit: at most `value` pods or percent of change per `periodSeconds`."""
+
+    type: Literal["Pods", "Percent"]
+    value: int = Field(gt=0)
+    period_seconds: int = Field(alias="periodSeconds", gt=0, le=1800)
+
+
+class ScalingRules(Strict):
+    """Rules for one direction; unset fields take the HPA defaults for that direction."""
+
+    stabilization_window_seconds: int | None = Field(default=None, alias="stabilizationWindowSeconds", ge=0, le=3600)
+    select_policy: Literal["Max", "Min", "Disabled"] = Field(default="Max", alias="selectPolicy")
+    policies: list[ScalingPolicy] | None = None
+    tolerance: float | None = Field(default=None, ge=0, lt=1)
+
+
+class Behavior(Strict):
+    """HPA `behavior`. Absent on a target means the HPA's legacy limits, as an HPA without one."""
+
+    scale_up: ScalingRules | None = Field(default=None, alias="scaleUp")
+    scale_down: ScalingRules | None = Field(default=None, alias="scaleDown")
+
+
+# --- Metric source --------------------------------------------------------------------------
+
+
+class PrometheusConfig(Strict):
+    url: str
+    bearer_token_file: Path | None = Field(default=None, alias="bearerTokenFile")
+    ca_file: Path | None = Field(default=None, alias="caFile")
+    insecure_skip_verify: bool = Field(default=False, alias="insecureSkipVerify")
+    timeout_seconds: float = Field(default=5.0, alias="timeoutSeconds", gt=0, le=120)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+
+class CustomSignal(Strict):
+    """A signal defined by a PromQL template.
+
+    `{selector}` is replaced by the label matchers of the tick's targets and `{by}` by the
+    grouping labels, so the query still runs once per tick for all targets.
+    """
+
+    query: str
+    idle_when_absent: bool = Field(default=False, alias="idleWhenAbsent")
+
+    @field_validator("query")
+    @classmethod
+    def _check_placeholders(cls, value: str) -> str:
+        for placeholder in ("{selector}", "{by}"):
+            if placeholder not in value:
+                raise ValueError(f"must contain {placeholder}, got {value!r}")
+        return value
+
+
+class MetricsConfig(Strict):
+    prometheus: PrometheusConfig | None = None
+    preset: Literal["dynamo", "vllm", "sglang"] = "dynamo"
+    window_seconds: int = Field(default=60, alias="windowSeconds", ge=10, le=3600)
+    signals: dict[str, CustomSignal] = Field(default_factory=dict)
+
+
+# --- Targets --------------------------------------------------------------------------------
+
+
+class LabelSelectorRequirement(Strict):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_values(self) -> LabelSelectorRequirement:
+        needs_values = self.operator in ("In", "NotIn")
+        if needs_values and not self.values:
+            raise ValueError(f"operator {self.operator} needs a non-empty values list")
+        if not needs_values and self.values:
+            raise ValueError(f"operator {self.operator} takes no values, got {self.values}")
+        return self
+
+
+class LabelSelector(Strict):
+    match_labels: dict[str, str] = Field(default_factory=dict, alias="matchLabels")
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, alias="matchExpressions")
+
+    def to_string(self) -> str:
+        """Render as a Kubernetes label selector string for list calls."""
+        parts = [f"{key}={value}" for key, value in sorted(self.match_labels.items())]
+        for requirement in self.match_expressions:
+            if requirement.operator == "Exists":
+                parts.append(requirement.key)
+            elif requirement.operator == "DoesNotExist":
+                parts.append(f"!{requirement.key}")
+            else:
+                operator = "in" if requirement.operator == "In" else "notin"
+                parts.append(f"{requirement.key} {operator} ({','.join(requirement.values)})")
+        return ",".join(parts)
+
+
+class PodCliqueSetSelector(Strict):
+    namespace: str
+    selector: LabelSelector = Field(default_factory=LabelSelector)
+    names: list[str] = Field(default_factory=list)
+
+
+class CliqueSelector(Strict):
+    """A clique of the PodCliqueSet template, by template name or by roleName (exactly one)."""
+
+    name: str | None = None
+    role_name: str | None = Field(default=None, alias="roleName")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> CliqueSelector:
+        if (self.name is None) == (self.role_name is None):
+            raise ValueError(f"set exactly one of name or roleName, got name={self.name!r} roleName={self.role_name!r}")
+        return self
+
+
+class PolicyConfig(Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+SeriesLabels = dict[str, str]
+
+
+class TargetConfig(Strict):
+    """One rule: which objects it selects, how they are scaled, and how series map to them."""
+
+    name: str
+    pod_clique_sets: PodCliqueSetSelector = Field(alias="podCliqueSets")
+    level: Literal["podcliqueset", "scalingGroup", "clique"]
+    scaling_group: str | None = Field(default=None, alias="scalingGroup")
+    clique: CliqueSelector | None = None
+    allow_clique_in_scaling_group: bool = Field(default=False, alias="allowCliqueInScalingGroup")
+    policies: list[PolicyConfig] = Field(min_length=1)
+    min_replicas: int = Field(default=1, alias="minReplicas", ge=0)
+    max_replicas: int = Field(alias="maxReplicas", ge=1)
+    behavior: Behavior | None = None
+    series_labels: SeriesLabels | None = Field(default=None, alias="seriesLabels")
+    signal_labels: dict[str, SeriesLabels] = Field(default_factory=dict, alias="signalLabels")
+
+    @model_validator(mode="after")
+    def _check_level(self) -> TargetConfig:
+        if self.level == "scalingGroup" and not self.scaling_group:
+            raise ValueError("level scalingGroup needs scalingGroup (the group's name in the template)")
+        if self.level == "clique" and self.clique is None:
+            raise ValueError("level clique needs clique (name or roleName)")
+        if self.level == "podcliqueset" and (self.scaling_group or self.clique):
+            raise ValueError("level podcliqueset takes neither scalingGroup nor clique")
+        if self.level == "scalingGroup" and self.clique is not None:
+            raise ValueError("level scalingGroup takes no clique; scaling a group scales all its member cliques")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas {self.min_replicas} is greater than maxReplicas {self.max_replicas}")
+        return self
+
+
+class Config(Strict):
+    interval_seconds: float = Field(default=15.0, alias="intervalSeconds", ge=1, le=3600)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    series_labels: dict[str, SeriesLabels] = Field(default_factory=dict, alias="seriesLabels")
+    targets: list[TargetConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_target_names(self) -> Config:
+        seen: set[str] = set()
+        for target in self.targets:
+            if target.name in seen:
+                raise ValueError(f"target name {target.name!r} is used twice; names must be unique")
+            seen.add(target.name)
+        return self
+
+
+def _field_path(location: tuple[Any, ...]) -> str:
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + str(part)
+    return path or "(top level)"
+
+
+def format_validation_error(error: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
+    """Turn a pydantic error into one `field.path: message (got value)` line per problem."""
+    problems = []
+    for item in error.errors():
+        location = prefix + tuple(part for part in item["loc"] if not str(part).startswith("function-"))
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        problem = f"{_field_path(location)}: {message}"
+        if item["type"] not in ("missing",) and "input" in item and not isinstance(item["input"], dict):
+            problem += f" (got {item['input']!r})"
+        problems.append(problem)
+    return problems
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    """Validate a parsed document, including every policy's parameters; raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"(top level): expected a mapping, got {type(data).__name__}"])
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(source, format_validation_error(error)) from None
+
+    from policies.registry import PolicyError, default_registry
+
+    problems = []
+    registry = default_registry()
+    for index, target in enumerate(config.targets):
+        for policy_index, policy in enumerate(target.policies):
+            path = ("targets", index, "policies", policy_index)
+            try:
+                registry.create(policy.name, policy.params)
+            except PolicyError as error:
+                problems.append(f"{_field_path(path + ('name',))}: {error} (got {policy.name!r})")
+            except ValidationError as error:
+                problems.extend(format_validation_error(error, path + ("params",)))
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML configuration file; raise ConfigError with every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(str(path), [f"cannot read file: {error.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(str(path), [f"invalid YAML: {error}"]) from None
+    return parse_config(data, str(path))

@@ -1,0 +1,5 @@
+"""How a number of replicas is decided: the policy contract, the registry and built-ins."""
+
+from policies.base import Desire, DesireKind, Policy, PolicyContext, PolicyParams, PolicyResult
+
+__all__ = ["Desire", "DesireKind", "Policy", "PolicyContext", "PolicyParams", "PolicyResult"]
