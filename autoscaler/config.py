@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,8 +39,7 @@ class ScalingRules(Strict):
 
     stabilization_window_seconds: int | None = Field(default=None, alias="stabilizationWindowSeconds", ge=0, le=3600)
     select_policy: Literal["Max", "Min", "Disabled"] = Field(default="Max", alias="selectPolicy")
-    policies: list[ScalingPolicy] | None = None
-    tolerance: float | None = Field(default=None, ge=0, lt=1)
+    policies: list[ScalingPolicy] | None = Field(default=None, min_length=1)
 
 
 class Behavior(Strict):
@@ -187,11 +187,47 @@ class TargetConfig(Strict):
         return self
 
 
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+SERIES_LEVELS = ("podcliqueset", "scalingGroup", "clique")
+
+
+def _series_label_problems(labels: dict[str, str], path: str) -> list[str]:
+    from autoscaler.specs import SeriesLabelError, check_series_template
+
+    problems = []
+    for label, template in labels.items():
+        if not LABEL_NAME.match(label):
+            problems.append(f"{path}.{label}: invalid Prometheus label name {label!r}; use letters, digits and _")
+            continue
+        try:
+            check_series_template(template, f"{path}.{label}")
+        except SeriesLabelError as error:
+            problems.append(str(error))
+        except ValueError as error:
+            problems.append(f"{path}.{label}: invalid template {template!r}: {error}")
+    return problems
+
+
 class Config(Strict):
     interval_seconds: float = Field(default=15.0, alias="intervalSeconds", ge=1, le=3600)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     series_labels: dict[str, SeriesLabels] = Field(default_factory=dict, alias="seriesLabels")
     targets: list[TargetConfig] = Field(min_length=1)
+
+    def series_label_problems(self) -> list[str]:
+        """Return one message per invalid label name or template in every seriesLabels block."""
+        problems = []
+        for level, labels in self.series_labels.items():
+            if level not in SERIES_LEVELS:
+                problems.append(f"seriesLabels.{level}: unknown level; expected one of {', '.join(SERIES_LEVELS)}")
+                continue
+            problems.extend(_series_label_problems(labels, f"seriesLabels.{level}"))
+        for index, target in enumerate(self.targets):
+            if target.series_labels is not None:
+                problems.extend(_series_label_problems(target.series_labels, f"targets[{index}].seriesLabels"))
+            for signal, labels in target.signal_labels.items():
+                problems.extend(_series_label_problems(labels, f"targets[{index}].signalLabels.{signal}"))
+        return problems
 
     @model_validator(mode="after")
     def _unique_target_names(self) -> Config:
@@ -228,29 +264,49 @@ def format_validation_error(error: ValidationError, prefix: tuple[Any, ...] = ()
     return problems
 
 
+def _policy_problems(data: dict[str, Any]) -> list[str]:
+    """Check every policy name and its params in the raw document, even when other fields are invalid."""
+    from policies.registry import PolicyError, default_registry
+
+    registry = default_registry()
+    problems = []
+    targets = data.get("targets")
+    if not isinstance(targets, list):
+        return problems
+    for index, target in enumerate(targets):
+        policies = target.get("policies") if isinstance(target, dict) else None
+        if not isinstance(policies, list):
+            continue
+        for policy_index, policy in enumerate(policies):
+            if not isinstance(policy, dict) or not isinstance(policy.get("name"), str):
+                continue
+            path = ("targets", index, "policies", policy_index)
+            params = policy.get("params") or {}
+            if not isinstance(params, dict):
+                continue
+            try:
+                registry.create(policy["name"], params)
+            except PolicyError as error:
+                problems.append(f"{_field_path(path + ('name',))}: {error} (got {policy['name']!r})")
+            except ValidationError as error:
+                problems.extend(format_validation_error(error, path + ("params",)))
+    return problems
+
+
 def parse_config(data: Any, source: str = "<config>") -> Config:
     """Validate a parsed document, including every policy's parameters; raise ConfigError."""
     if not isinstance(data, dict):
         raise ConfigError(source, [f"(top level): expected a mapping, got {type(data).__name__}"])
+    problems: list[str] = []
+    config: Config | None = None
     try:
         config = Config.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(source, format_validation_error(error)) from None
-
-    from policies.registry import PolicyError, default_registry
-
-    problems = []
-    registry = default_registry()
-    for index, target in enumerate(config.targets):
-        for policy_index, policy in enumerate(target.policies):
-            path = ("targets", index, "policies", policy_index)
-            try:
-                registry.create(policy.name, policy.params)
-            except PolicyError as error:
-                problems.append(f"{_field_path(path + ('name',))}: {error} (got {policy.name!r})")
-            except ValidationError as error:
-                problems.extend(format_validation_error(error, path + ("params",)))
-    if problems:
+        problems.extend(format_validation_error(error))
+    if config is not None:
+        problems.extend(config.series_label_problems())
+    problems.extend(_policy_problems(data))
+    if problems or config is None:
         raise ConfigError(source, problems)
     return config
 

@@ -1,0 +1,137 @@
+"""The `grove-autoscaler` command: validate, run, replay, backtest, explain, adapter."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from autoscaler import __version__
+from autoscaler.config import ConfigError, load_config
+
+logger = logging.getLogger("grove_autoscaler")
+
+EXIT_INVALID = 2
+
+
+def _setup_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        from autoscaler.ops import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default: info)")
+    parser.add_argument("--log-format", default="text", choices=["text", "json"], help="log line format (default: text)")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"{error.source}: invalid configuration", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    rules = len(config.targets)
+    print(f"{args.config}: valid ({rules} target rule{'' if rules == 1 else 's'}, tick every {config.interval_seconds:g} s)")
+    return 0
+
+
+def _load_or_exit(path: str):
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        print(str(error), file=sys.stderr)
+        raise SystemExit(EXIT_INVALID) from None
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from autoscaler.replay import ReplayError, run_replay, summarize
+
+    config = _load_or_exit(args.config)
+    try:
+        records = run_replay(config, args.metrics)
+    except ReplayError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    lines = "".join(json.dumps(record) + "\n" for record in records)
+    if args.out:
+        Path(args.out).write_text(lines, encoding="utf-8")
+        print(f"{summarize(records)}; written to {args.out}")
+    else:
+        sys.stdout.write(lines)
+        print(summarize(records), file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from autoscaler.runtime import run_controller
+
+    config = _load_or_exit(args.config)
+    return run_controller(config, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grove-autoscaler", description="Multi-level autoscaler for Grove PodCliqueSets serving LLMs.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check a configuration file and list every problem")
+    validate.add_argument("config", help="path of the YAML configuration")
+    validate.set_defaults(handler=cmd_validate)
+
+    run = commands.add_parser("run", help="run the control loop against the cluster")
+    run.add_argument("--config", required=True, help="path of the YAML configuration")
+    run.add_argument("--dry-run", action="store_true", help="log decisions and write nothing")
+    run.add_argument("--once", action="store_true", help="run one tick and exit")
+    run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    run.add_argument("--context", help="kubeconfig context")
+    run.add_argument("--reload-seconds", type=float, default=10.0, help="how often to check the config file for changes, in seconds (0 disables)")
+    _add_common(run)
+    run.set_defaults(handler=cmd_run)
+
+    replay = commands.add_parser("replay", help="run the engine over recorded signals (open loop)")
+    replay.add_argument("--config", required=True, help="path of the YAML configuration")
+    replay.add_argument("--metrics", required=True, help="CSV with header time,target,signal,value")
+    replay.add_argument("--out", help="write decisions as JSON lines to this file (default: standard output)")
+    _add_common(replay)
+    replay.set_defaults(handler=cmd_replay)
+
+    _add_optional_commands(commands)
+    return parser
+
+
+def _add_optional_commands(commands) -> None:
+    """Register commands whose modules may add their own arguments."""
+    try:
+        from autoscaler.backtest import cli as backtest_cli
+    except ImportError as error:
+        logger.debug("backtest command unavailable: %s", error)
+        return
+    backtest_cli.add_parser(commands)
+    commands.choices["backtest"].set_defaults(handler=backtest_cli.run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

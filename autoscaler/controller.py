@@ -1,0 +1,199 @@
+"""The live control loop: discover, read the live scale, query signals, decide, write.
+
+Each tick is level-triggered: the live `/scale` value is read fresh and compared with the
+decision, so manual edits and Grove's recovery resets are corrected on the next tick, and
+nothing is written when the two are equal.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from autoscaler.config import Config
+from autoscaler.engine import Decision, EngineState, TargetSpec, decide, signal_requests
+from autoscaler.kube import KubeClient, ScaleWriteError
+from autoscaler.specs import build_specs
+from autoscaler.targets import TargetRef
+from autoscaler.topology import LiveTarget, TopologyReader
+from metrics.sample import Sample
+
+logger = logging.getLogger(__name__)
+
+
+class MetricSource(Protocol):
+    def fetch(self, requests, now: float | None = None) -> dict[str, dict[str, Sample]]: ...
+
+
+class DecisionSink(Protocol):
+    """Receives every tick's decisions (the adapter's store, the ops metrics)."""
+
+    def publish(self, now: float, decisions: Sequence[Decision]) -> None: ...
+
+
+@dataclass
+class TickResult:
+    time: float
+    decisions: list[Decision] = field(default_factory=list)
+    writes: list[tuple[str, int, int]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class Controller:
+    """Runs ticks against a cluster; `dry_run` logs decisions and writes nothing.
+
+    `may_write` is consulted before each write (leader election plugs in here), so a replica
+    that is not the leader still decides and publishes but never patches.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        kube: KubeClient,
+        source: MetricSource,
+        *,
+        dry_run: bool = False,
+        clock: Callable[[], float] = time.time,
+        sinks: Sequence[DecisionSink] = (),
+        may_write: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.config = config
+        self.kube = kube
+        self.topology = TopologyReader(kube)
+        self.source = source
+        self.dry_run = dry_run
+        self.clock = clock
+        self.sinks = list(sinks)
+        self.may_write = may_write
+        self.state = EngineState()
+        self._lock = threading.Lock()
+
+    def replace_config(self, config: Config) -> None:
+        """Swap in a new, already validated configuration from the next tick on."""
+        with self._lock:
+            self.config = config
+
+    def tick(self) -> TickResult:
+        with self._lock:
+            return self._tick()
+
+    def _tick(self) -> TickResult:
+        now = self.clock()
+        result = TickResult(time=now)
+
+        discovery = self.topology.discover(self.config)
+        result.errors.extend(discovery.errors)
+        live_targets = {str(live.target.ref): live for live in discovery.targets}
+        specs = self._specs(discovery.targets, result)
+
+        observations = self.source.fetch(signal_requests(specs), now)
+        live = {name: target.replicas for name, target in live_targets.items()}
+        ready = {name: target.ready_replicas for name, target in live_targets.items() if target.ready_replicas is not None}
+        decisions, self.state = decide(
+            now=now,
+            specs=specs,
+            observations=observations,
+            live=live,
+            ready=ready,
+            state=self.state,
+            interval_seconds=self.config.interval_seconds,
+        )
+        result.decisions = decisions
+
+        for decision in decisions:
+            self._act(decision, live_targets[decision.target], result)
+        for sink in self.sinks:
+            try:
+                sink.publish(now, decisions)
+            except Exception:  # a broken sink must not stop scaling
+                logger.exception("decision sink %r failed", sink)
+        return result
+
+    def _specs(self, targets: Sequence[LiveTarget], result: TickResult) -> list[TargetSpec]:
+        specs = []
+        for live in targets:
+            try:
+                specs.extend(build_specs(self.config, [live.target]))
+            except Exception as error:  # one bad target must not stop the others
+                message = f"{live.target.ref}: cannot build its policies: {error}"
+                logger.error(message)
+                result.errors.append(message)
+        return specs
+
+    def _act(self, decision: Decision, live: LiveTarget, result: TickResult) -> None:
+        ref = TargetRef.parse(decision.target)
+        if not decision.changes_scale:
+            logger.debug("hold %s at %s: %s", ref, decision.current, decision.reason)
+            return
+        assert decision.current is not None and decision.desired is not None
+        direction = "up" if decision.desired > decision.current else "down"
+        if self.dry_run:
+            logger.info("dry-run: would scale %s %s %d -> %d: %s", ref.kind.value, _short(ref), decision.current, decision.desired, decision.reason)
+            return
+        if not self.may_write():
+            logger.info("not the leader: skip scaling %s %d -> %d", ref, decision.current, decision.desired)
+            return
+        try:
+            write = self.kube.patch_scale(ref, decision.desired, live.resource_version)
+        except ScaleWriteError as error:
+            logger.error("%s", error)
+            result.errors.append(str(error))
+            return
+        logger.info("scaled %s %s %d -> %d: %s", ref.kind.value, _short(ref), decision.current, decision.desired, decision.reason)
+        result.writes.append((decision.target, decision.current, write.new))
+        self.kube.emit_event(
+            ref,
+            live.uid,
+            reason="ScaledUp" if direction == "up" else "ScaledDown",
+            message=f"scaled {decision.current} -> {decision.desired}: {decision.reason}",
+        )
+
+
+def _short(ref: TargetRef) -> str:
+    return f"{ref.namespace}/{ref.name}"
+
+
+class Loop:
+    """Runs `Controller.tick` on an APScheduler interval until SIGTERM or SIGINT.
+
+    A tick in progress finishes before the loop returns; ticks never overlap, and a tick that
+    overruns the interval makes the scheduler skip (coalesce) the missed runs.
+    """
+
+    def __init__(self, controller: Controller, interval_seconds: float) -> None:
+        self.controller = controller
+        self.interval_seconds = interval_seconds
+        self.stopped = threading.Event()
+        self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+
+    def _run_tick(self) -> None:
+        try:
+            self.controller.tick()
+        except Exception:  # the loop must survive anything a tick raises
+            logger.exception("tick failed")
+
+    def stop(self, *_: object) -> None:
+        self.stopped.set()
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        self.scheduler.add_job(self._run_tick, "interval", seconds=self.interval_seconds, next_run_time=_now_datetime())
+        self.scheduler.start()
+        logger.info("controller started: tick every %g s", self.interval_seconds)
+        self.stopped.wait()
+        logger.info("stopping: waiting for the running tick to finish")
+        self.scheduler.shutdown(wait=True)
+        logger.info("controller stopped")
+
+
+def _now_datetime():
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc)

@@ -1,0 +1,235 @@
+"""The pure decision engine shared by the live controller, replay and the backtest.
+
+`decide` is a function of (time, observations, live scale, state): it runs every policy of
+every target, applies the behaviour layer once per target, and returns one decision per
+target with its reason plus the next state. It reads no clock, makes no query and writes
+nothing; the callers differ only in where time, samples and the live `/scale` come from and
+where decisions go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from autoscaler.behavior import Adjustment, ScaleHistory, apply_behavior
+from autoscaler.config import Behavior
+from metrics.sample import Sample, SignalRequest
+from policies.base import Desire, Policy, PolicyContext
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """One `/scale` object under one configuration rule, with everything needed to decide for it.
+
+    `floor` is the gang floor (the object's minAvailable, 0 when it has none). `series_labels`
+    maps each signal to the label values identifying this target's series.
+    """
+
+    target: str
+    rule: str
+    policies: tuple[Policy, ...]
+    min_replicas: int
+    max_replicas: int
+    floor: int = 0
+    behavior: Behavior | None = None
+    series_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    gpus_per_replica: float | None = None
+
+    def policy_keys(self) -> list[str]:
+        """Return one key per policy, unique even when a policy is used twice (`0:target`)."""
+        return [f"{index}:{policy.name}" for index, policy in enumerate(self.policies)]
+
+    def signals(self) -> list[str]:
+        names: list[str] = []
+        for policy in self.policies:
+            for signal in policy.signals():
+                if signal not in names:
+                    names.append(signal)
+        return names
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the engine decided for one target at one tick, with the reason and every step.
+
+    `desired` is None when nothing may be written (the live scale could not be read).
+    """
+
+    time: float
+    target: str
+    rule: str
+    current: int | None
+    desired: int | None
+    reason: str
+    desires: tuple[tuple[str, Desire], ...] = ()
+    adjustments: tuple[Adjustment, ...] = ()
+    samples: Mapping[str, Sample] = field(default_factory=dict)
+
+    @property
+    def changes_scale(self) -> bool:
+        return self.current is not None and self.desired is not None and self.desired != self.current
+
+    def to_record(self) -> dict[str, Any]:
+        """Return the JSON-lines record of replay and dry-run output."""
+        return {
+            "time": self.time,
+            "target": self.target,
+            "current": self.current,
+            "desired": self.desired,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class TargetState:
+    history: ScaleHistory = field(default_factory=ScaleHistory)
+    policy_state: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"history": self.history.to_dict(), "policy_state": self.policy_state}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TargetState:
+        return cls(
+            history=ScaleHistory.from_dict(data.get("history", {})),
+            policy_state={key: dict(value) for key, value in data.get("policy_state", {}).items()},
+        )
+
+
+@dataclass
+class EngineState:
+    """Per-target memory between ticks (stabilisation and rate-limit history, policy state).
+
+    It round-trips through `to_dict`/`from_dict` as plain JSON types.
+    """
+
+    targets: dict[str, TargetState] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"targets": {name: state.to_dict() for name, state in self.targets.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EngineState:
+        return cls({name: TargetState.from_dict(value) for name, value in data.get("targets", {}).items()})
+
+
+def signal_requests(specs: Sequence[TargetSpec]) -> list[SignalRequest]:
+    """Return every signal every target needs this tick, with the labels of its series."""
+    requests = []
+    for spec in specs:
+        for signal in spec.signals():
+            labels = spec.series_labels.get(signal, {})
+            requests.append(SignalRequest(spec.target, signal, dict(labels)))
+    return requests
+
+
+def decide(
+    *,
+    now: float,
+    specs: Sequence[TargetSpec],
+    observations: Mapping[str, Mapping[str, Sample]],
+    live: Mapping[str, int | None],
+    state: EngineState,
+    ready: Mapping[str, int] | None = None,
+    interval_seconds: float = 15.0,
+) -> tuple[list[Decision], EngineState]:
+    """Decide every target for one tick; return the decisions and the next state.
+
+    `live` holds each target's current `/scale` replicas (None when the read failed) and
+    `ready` its ready replicas where known. A target missing from `specs` drops out of the
+    state, so removed objects leave no memory behind.
+    """
+    ready = ready or {}
+    next_state = EngineState()
+    decisions = []
+    for spec in specs:
+        previous = state.targets.get(spec.target, TargetState())
+        decision, target_state = _decide_target(
+            now=now,
+            spec=spec,
+            samples=observations.get(spec.target, {}),
+            current=live.get(spec.target),
+            ready=ready.get(spec.target),
+            interval_seconds=interval_seconds,
+            previous=previous,
+        )
+        decisions.append(decision)
+        next_state.targets[spec.target] = target_state
+    return decisions, next_state
+
+
+def _decide_target(
+    *,
+    now: float,
+    spec: TargetSpec,
+    samples: Mapping[str, Sample],
+    current: int | None,
+    ready: int | None,
+    interval_seconds: float,
+    previous: TargetState,
+) -> tuple[Decision, TargetState]:
+    if current is None:
+        decision = Decision(now, spec.target, spec.rule, None, None, "hold: live /scale could not be read", samples=samples)
+        return decision, previous
+
+    context = PolicyContext(
+        now=now,
+        target=spec.target,
+        current_replicas=current,
+        samples={},
+        ready_replicas=ready,
+        interval_seconds=interval_seconds,
+    )
+    desires, policy_state = _evaluate_policies(spec=spec, samples=samples, base=context, previous=previous)
+    outcome = apply_behavior(
+        now=now,
+        current=current,
+        desires=desires,
+        min_replicas=spec.min_replicas,
+        max_replicas=spec.max_replicas,
+        floor=spec.floor,
+        behavior=spec.behavior,
+        history=previous.history,
+    )
+    decision = Decision(
+        time=now,
+        target=spec.target,
+        rule=spec.rule,
+        current=current,
+        desired=outcome.desired,
+        reason=outcome.reason,
+        desires=tuple(desires),
+        adjustments=tuple(outcome.adjustments),
+        samples=samples,
+    )
+    return decision, TargetState(history=outcome.history, policy_state=policy_state)
+
+
+def _evaluate_policies(
+    *,
+    spec: TargetSpec,
+    samples: Mapping[str, Sample],
+    base: PolicyContext,
+    previous: TargetState,
+) -> tuple[list[tuple[str, Desire]], dict[str, dict[str, Any]]]:
+    desires = []
+    policy_state: dict[str, dict[str, Any]] = {}
+    for key, policy in zip(spec.policy_keys(), spec.policies):
+        policy_samples = {
+            signal: samples.get(signal, Sample.unknown(f"no sample for signal {signal}")) for signal in policy.signals()
+        }
+        context = dataclasses.replace(base, samples=policy_samples, state=previous.policy_state.get(key, {}))
+        try:
+            result = policy.evaluate(context)
+        except Exception as error:  # a plugin bug must not stop other targets or read as zero
+            logger.exception("policy %s failed on %s", key, spec.target)
+            desires.append((key, Desire.unknown(f"policy {key} raised {type(error).__name__}: {error}")))
+            continue
+        desires.append((key, result.desire))
+        policy_state[key] = dict(result.state)
+    return desires, policy_state

@@ -1,0 +1,153 @@
+"""The pure decision engine: policies, the behaviour layer and state, without any I/O."""
+
+import json
+from typing import ClassVar
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from autoscaler.config import Behavior
+from autoscaler.engine import EngineState, TargetSpec, decide, signal_requests
+from metrics.sample import Sample
+from policies.base import Desire, PolicyContext, PolicyParams, PolicyResult
+
+
+class FixedParams(PolicyParams):
+    signal: str = "load"
+
+
+class Proportional:
+    """Test policy: desired = ceil(sample), idle and unknown passed through."""
+
+    name: ClassVar[str] = "proportional"
+    Params: ClassVar[type[PolicyParams]] = FixedParams
+
+    def __init__(self, params: FixedParams | None = None) -> None:
+        self.params = params or FixedParams()
+
+    def signals(self) -> list[str]:
+        return [self.params.signal]
+
+    def evaluate(self, context: PolicyContext) -> PolicyResult:
+        sample = context.samples[self.params.signal]
+        if sample.is_unknown:
+            return PolicyResult(Desire.unknown(sample.reason))
+        if sample.is_idle:
+            return PolicyResult(Desire.idle("idle"))
+        count = context.state.get("count", 0) + 1
+        return PolicyResult(Desire.scale_to(int(-(-sample.value // 1)), f"load {sample.value:g}"), {"count": count})
+
+
+class Exploding(Proportional):
+    name: ClassVar[str] = "exploding"
+
+    def evaluate(self, context: PolicyContext) -> PolicyResult:
+        raise RuntimeError("boom")
+
+
+IMMEDIATE = Behavior.model_validate({"scaleDown": {"stabilizationWindowSeconds": 0}})
+
+
+def spec(target="ns/podclique/a", policies=None, floor=0, min_replicas=1, max_replicas=10, behavior=IMMEDIATE):
+    return TargetSpec(
+        target=target,
+        rule="rule",
+        policies=tuple(policies or [Proportional()]),
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        floor=floor,
+        behavior=behavior,
+        series_labels={"load": {"grove_io_podclique": target.rsplit("/", 1)[-1]}},
+    )
+
+
+def run_once(specs, observations, live, state=None, now=100.0):
+    return decide(now=now, specs=specs, observations=observations, live=live, state=state or EngineState())
+
+
+def test_scales_to_policy_desire():
+    decisions, _ = run_once([spec()], {"ns/podclique/a": {"load": Sample.of(5.2)}}, {"ns/podclique/a": 3})
+    assert decisions[0].current == 3
+    assert decisions[0].desired == 6
+    assert decisions[0].changes_scale
+
+
+def test_unreadable_scale_holds_without_desire():
+    decisions, _ = run_once([spec()], {"ns/podclique/a": {"load": Sample.of(5)}}, {"ns/podclique/a": None})
+    assert decisions[0].desired is None
+    assert not decisions[0].changes_scale
+    assert "could not be read" in decisions[0].reason
+
+
+def test_missing_sample_is_unknown_and_blocks_scale_down():
+    decisions, _ = run_once([spec()], {}, {"ns/podclique/a": 4})
+    assert decisions[0].desired == 4
+    assert decisions[0].desires[0][1].kind.value == "unknown"
+
+
+def test_idle_goes_to_gang_floor():
+    decisions, _ = run_once([spec(floor=2)], {"ns/podclique/a": {"load": Sample.idle()}}, {"ns/podclique/a": 6})
+    assert decisions[0].desired == 2
+
+
+def test_policy_exception_counts_as_unknown():
+    specs = [spec(policies=[Exploding(), Proportional()])]
+    decisions, _ = run_once(specs, {"ns/podclique/a": {"load": Sample.of(1)}}, {"ns/podclique/a": 5})
+    assert decisions[0].desired == 5
+    assert "boom" in decisions[0].desires[0][1].reason
+
+
+def test_largest_policy_wins():
+    two = [Proportional(FixedParams(signal="load")), Proportional(FixedParams(signal="other"))]
+    observations = {"ns/podclique/a": {"load": Sample.of(3), "other": Sample.of(7)}}
+    decisions, _ = run_once([spec(policies=two)], observations, {"ns/podclique/a": 3})
+    assert decisions[0].desired == 7
+
+
+def test_policy_state_is_carried_and_serialisable():
+    observations = {"ns/podclique/a": {"load": Sample.of(3)}}
+    _, state = run_once([spec()], observations, {"ns/podclique/a": 3})
+    _, state = run_once([spec()], observations, {"ns/podclique/a": 3}, state=state, now=115.0)
+    restored = EngineState.from_dict(json.loads(json.dumps(state.to_dict())))
+    assert restored.targets["ns/podclique/a"].policy_state["0:proportional"] == {"count": 2}
+
+
+def test_removed_target_leaves_state():
+    observations = {"ns/podclique/a": {"load": Sample.of(3)}, "ns/podclique/b": {"load": Sample.of(3)}}
+    specs = [spec("ns/podclique/a"), spec("ns/podclique/b")]
+    _, state = run_once(specs, observations, {"ns/podclique/a": 3, "ns/podclique/b": 3})
+    _, state = run_once(specs[:1], observations, {"ns/podclique/a": 3}, state=state)
+    assert set(state.targets) == {"ns/podclique/a"}
+
+
+def test_signal_requests_carry_series_labels():
+    requests = signal_requests([spec("ns/podclique/a"), spec("ns/podclique/b")])
+    assert [(request.target, request.signal, dict(request.series_labels)) for request in requests] == [
+        ("ns/podclique/a", "load", {"grove_io_podclique": "a"}),
+        ("ns/podclique/b", "load", {"grove_io_podclique": "b"}),
+    ]
+
+
+samples = st.one_of(
+    st.floats(min_value=0, max_value=1000, allow_nan=False).map(Sample.of),
+    st.just(Sample.idle()),
+    st.just(Sample.unknown("query failed")),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sample=samples,
+    current=st.integers(min_value=0, max_value=50),
+    floor=st.integers(min_value=0, max_value=5),
+    min_replicas=st.integers(min_value=0, max_value=5),
+    max_replicas=st.integers(min_value=5, max_value=40),
+)
+def test_decision_within_bounds_and_never_down_on_unknown(sample, current, floor, min_replicas, max_replicas):
+    target_spec = spec(floor=floor, min_replicas=min_replicas, max_replicas=max_replicas)
+    decisions, _ = run_once([target_spec], {"ns/podclique/a": {"load": sample}}, {"ns/podclique/a": current})
+    desired = decisions[0].desired
+    assert desired <= max_replicas
+    assert desired >= min(max(floor, min_replicas), max_replicas)
+    if sample.is_unknown:
+        assert desired >= min(current, max_replicas)
