@@ -171,6 +171,8 @@ class TargetConfig(Strict):
     behavior: Behavior | None = None
     series_labels: SeriesLabels | None = Field(default=None, alias="seriesLabels")
     signal_labels: dict[str, SeriesLabels] = Field(default_factory=dict, alias="signalLabels")
+    priority: int = 0
+    ignore_other_autoscalers: bool = Field(default=False, alias="ignoreOtherAutoscalers")
 
     @model_validator(mode="after")
     def _check_level(self) -> TargetConfig:
@@ -184,6 +186,37 @@ class TargetConfig(Strict):
             raise ValueError("level scalingGroup takes no clique; scaling a group scales all its member cliques")
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"minReplicas {self.min_replicas} is greater than maxReplicas {self.max_replicas}")
+        if self.min_replicas == 0 and self.level != "podcliqueset":
+            raise ValueError(f"minReplicas 0 is allowed only at level podcliqueset; Grove supports scale-to-zero for the PodCliqueSet only (level {self.level})")
+        return self
+
+
+class BudgetConfig(Strict):
+    """A GPU budget: the targets in `namespaces` (every namespace when empty) share `maxGpus`."""
+
+    name: str
+    max_gpus: float = Field(alias="maxGpus", gt=0)
+    namespaces: list[str] = Field(default_factory=list)
+
+    def covers(self, namespace: str) -> bool:
+        return not self.namespaces or namespace in self.namespaces
+
+
+class RatioBandConfig(Strict):
+    """Keep replicas(numerator rule) / replicas(denominator rule) within [minRatio, maxRatio] per PodCliqueSet replica."""
+
+    name: str
+    numerator: str
+    denominator: str
+    min_ratio: float = Field(alias="minRatio", gt=0)
+    max_ratio: float = Field(alias="maxRatio", gt=0)
+
+    @model_validator(mode="after")
+    def _check_order(self) -> RatioBandConfig:
+        if self.min_ratio > self.max_ratio:
+            raise ValueError(f"minRatio {self.min_ratio} is greater than maxRatio {self.max_ratio}")
+        if self.numerator == self.denominator:
+            raise ValueError(f"numerator and denominator name the same rule {self.numerator!r}")
         return self
 
 
@@ -213,6 +246,9 @@ class Config(Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     series_labels: dict[str, SeriesLabels] = Field(default_factory=dict, alias="seriesLabels")
     targets: list[TargetConfig] = Field(min_length=1)
+    budgets: list[BudgetConfig] = Field(default_factory=list)
+    ratio_bands: list[RatioBandConfig] = Field(default_factory=list, alias="ratioBands")
+    gpu_resources: list[str] = Field(default_factory=lambda: ["nvidia.com/gpu", "amd.com/gpu"], alias="gpuResources", min_length=1)
 
     def series_label_problems(self) -> list[str]:
         """Return one message per invalid label name or template in every seriesLabels block."""
@@ -236,6 +272,15 @@ class Config(Strict):
             if target.name in seen:
                 raise ValueError(f"target name {target.name!r} is used twice; names must be unique")
             seen.add(target.name)
+        for index, band in enumerate(self.ratio_bands):
+            for side in ("numerator", "denominator"):
+                rule = getattr(band, side)
+                if rule not in seen:
+                    raise ValueError(f"ratioBands[{index}].{side}: no target rule named {rule!r}")
+        names = [budget.name for budget in self.budgets]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"budget name {name!r} is used twice; names must be unique")
         return self
 
 
@@ -293,6 +338,24 @@ def _policy_problems(data: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _signal_problems(config: Config) -> list[str]:
+    """Check that every signal a policy reads exists in the catalog of the configured preset."""
+    from metrics.catalog import SignalCatalog, UnknownSignalError
+    from policies.registry import default_registry
+
+    catalog = SignalCatalog.from_config(config.metrics)
+    registry = default_registry()
+    problems = []
+    for index, target in enumerate(config.targets):
+        for policy_index, policy in enumerate(target.policies):
+            for signal in registry.create(policy.name, policy.params).signals():
+                try:
+                    catalog.resolve(signal)
+                except UnknownSignalError as error:
+                    problems.append(f"targets[{index}].policies[{policy_index}]: signal {signal!r}: {error}")
+    return problems
+
+
 def parse_config(data: Any, source: str = "<config>") -> Config:
     """Validate a parsed document, including every policy's parameters; raise ConfigError."""
     if not isinstance(data, dict):
@@ -305,7 +368,10 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         problems.extend(format_validation_error(error))
     if config is not None:
         problems.extend(config.series_label_problems())
-    problems.extend(_policy_problems(data))
+    policy_problems = _policy_problems(data)
+    problems.extend(policy_problems)
+    if config is not None and not policy_problems:
+        problems.extend(_signal_problems(config))
     if problems or config is None:
         raise ConfigError(source, problems)
     return config

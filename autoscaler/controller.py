@@ -19,16 +19,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from autoscaler.config import Config
 from autoscaler.engine import Decision, EngineState, TargetSpec, decide, signal_requests
 from autoscaler.kube import KubeClient, ScaleWriteError
-from autoscaler.specs import build_specs
+from autoscaler.coordination import CoordinationError, RatioBand
+from autoscaler.specs import budget_limits, build_bands, build_specs
 from autoscaler.targets import TargetRef
 from autoscaler.topology import LiveTarget, TopologyReader
-from metrics.sample import Sample
+from metrics.source import MetricSource
 
 logger = logging.getLogger(__name__)
-
-
-class MetricSource(Protocol):
-    def fetch(self, requests, now: float | None = None) -> dict[str, dict[str, Sample]]: ...
 
 
 class DecisionSink(Protocol):
@@ -103,6 +100,8 @@ class Controller:
             ready=ready,
             state=self.state,
             interval_seconds=self.config.interval_seconds,
+            bands=self._bands(discovery.targets, result),
+            budgets=budget_limits(self.config),
         )
         result.decisions = decisions
 
@@ -125,6 +124,14 @@ class Controller:
                 logger.error(message)
                 result.errors.append(message)
         return specs
+
+    def _bands(self, targets: Sequence[LiveTarget], result: TickResult) -> list[RatioBand]:
+        try:
+            return build_bands(self.config, [live.target for live in targets])
+        except CoordinationError as error:
+            logger.error("ratio bands not applied this tick: %s", error)
+            result.errors.append(str(error))
+            return []
 
     def _act(self, decision: Decision, live: LiveTarget, result: TickResult) -> None:
         ref = TargetRef.parse(decision.target)

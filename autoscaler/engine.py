@@ -14,8 +14,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from autoscaler.behavior import Adjustment, ScaleHistory, apply_behavior
+from autoscaler.behavior import Adjustment, ScaleHistory, apply_behavior, record_scale
+from autoscaler.budget import BudgetRequest, apply_budgets
 from autoscaler.config import Behavior
+from autoscaler.coordination import RatioBand, apply_ratio_bands
 from metrics.sample import Sample, SignalRequest
 from policies.base import Desire, Policy, PolicyContext
 
@@ -39,6 +41,13 @@ class TargetSpec:
     behavior: Behavior | None = None
     series_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     gpus_per_replica: float | None = None
+    priority: int = 0
+    budget_scopes: tuple[str, ...] = ()
+
+    @property
+    def lower_bound(self) -> int:
+        """Return the lowest count the target may have: max(minReplicas, gang floor), capped at max."""
+        return min(max(self.min_replicas, self.floor), self.max_replicas)
 
     def policy_keys(self) -> list[str]:
         """Return one key per policy, unique even when a policy is used twice (`0:target`)."""
@@ -137,11 +146,15 @@ def decide(
     state: EngineState,
     ready: Mapping[str, int] | None = None,
     interval_seconds: float = 15.0,
+    bands: Sequence[RatioBand] = (),
+    budgets: Mapping[str, float] | None = None,
 ) -> tuple[list[Decision], EngineState]:
     """Decide every target for one tick; return the decisions and the next state.
 
     `live` holds each target's current `/scale` replicas (None when the read failed) and
-    `ready` its ready replicas where known. A target missing from `specs` drops out of the
+    `ready` its ready replicas where known. After each target's policies and behaviour, the
+    ratio `bands` raise the smaller side of out-of-band pairs, then the GPU `budgets` (scope
+    name -> GPUs) cut proposals by priority. A target missing from `specs` drops out of the
     state, so removed objects leave no memory behind.
     """
     ready = ready or {}
@@ -160,7 +173,83 @@ def decide(
         )
         decisions.append(decision)
         next_state.targets[spec.target] = target_state
+
+    by_target = {spec.target: spec for spec in specs}
+    behaviour_desired = {decision.target: decision.desired for decision in decisions}
+    if bands:
+        decisions = _coordinate(decisions, by_target, bands)
+    if budgets:
+        decisions = _apply_budgets(decisions, by_target, budgets)
+    for decision in decisions:
+        if decision.desired != behaviour_desired[decision.target]:
+            state = next_state.targets[decision.target]
+            state.history = _rerecord(state.history, now, decision.current, behaviour_desired[decision.target], decision.desired)
     return decisions, next_state
+
+
+def _with_adjustment(decision: Decision, adjustment: Adjustment) -> Decision:
+    return dataclasses.replace(
+        decision,
+        desired=adjustment.after,
+        reason=f"{decision.reason}; {adjustment.reason}",
+        adjustments=decision.adjustments + (adjustment,),
+    )
+
+
+def _coordinate(decisions: list[Decision], specs: Mapping[str, TargetSpec], bands: Sequence[RatioBand]) -> list[Decision]:
+    proposals = {decision.target: decision.desired for decision in decisions}
+    maxima = {name: spec.max_replicas for name, spec in specs.items()}
+    results = apply_ratio_bands(bands, proposals, maxima)
+    updated = []
+    for decision in decisions:
+        result = results.get(decision.target)
+        adjustment = result.as_adjustment() if result is not None else None
+        updated.append(decision if adjustment is None else _with_adjustment(decision, adjustment))
+    return updated
+
+
+def _apply_budgets(decisions: list[Decision], specs: Mapping[str, TargetSpec], budgets: Mapping[str, float]) -> list[Decision]:
+    """Cut proposals to the GPU budgets; a target with unknown GPUs or no scope is not counted.
+
+    A target whose scale could not be read still holds GPUs, so it counts at its last
+    known count (current = proposed) when one is known.
+    """
+    requests = []
+    for decision in decisions:
+        spec = specs[decision.target]
+        if spec.gpus_per_replica is None or not spec.budget_scopes or decision.current is None:
+            continue
+        proposed = decision.current if decision.desired is None else decision.desired
+        requests.append(
+            BudgetRequest(
+                target=decision.target,
+                scopes=spec.budget_scopes,
+                priority=spec.priority,
+                current=decision.current,
+                proposed=proposed,
+                floor=min(spec.lower_bound, proposed),
+                gpus_per_replica=spec.gpus_per_replica,
+            )
+        )
+    if not requests:
+        return decisions
+    outcome = apply_budgets(requests, budgets)
+    updated = []
+    for decision in decisions:
+        result = outcome.results.get(decision.target)
+        adjustment = result.as_adjustment() if result is not None and decision.desired is not None else None
+        updated.append(decision if adjustment is None else _with_adjustment(decision, adjustment))
+    return updated
+
+
+def _rerecord(history: ScaleHistory, now: float, current: int | None, behaviour_desired: int | None, final: int | None) -> ScaleHistory:
+    """Replace the scale event the behaviour layer recorded with the final count's."""
+    if current is None or final is None:
+        return history
+    events = list(history.scale_events)
+    if behaviour_desired is not None and behaviour_desired != current and events and events[-1] == (now, behaviour_desired - current):
+        events.pop()
+    return record_scale(ScaleHistory(list(history.recommendations), events), now=now, old=current, new=final)
 
 
 def _decide_target(

@@ -4,12 +4,13 @@ Input is a CSV with header `time,target,signal,value`. Each distinct time is one
 `replicas` signal carries the live `/scale` value; where a tick has none, the previous
 decision is taken as applied. Values: a number, `nan` for an idle 0/0 window, `error` for a
 failed query, empty for no sample (missing series). `min_available` optionally gives the
-target's gang floor.
+target's gang floor and `gpus_per_replica` its GPUs, which GPU budgets need.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime
 import math
 from dataclasses import dataclass, field
@@ -18,13 +19,14 @@ from typing import Iterator, Sequence
 
 from autoscaler.config import Config, TargetConfig
 from autoscaler.engine import Decision, EngineState, decide
-from autoscaler.specs import DiscoveredTarget, LEVEL_KINDS, build_specs
+from autoscaler.specs import LEVEL_KINDS, DiscoveredTarget, budget_limits, build_bands, build_specs
 from autoscaler.targets import Kind, TargetRef
 from metrics.sample import Sample
 
 HEADER = ["time", "target", "signal", "value"]
 REPLICAS = "replicas"
 MIN_AVAILABLE = "min_available"
+GPUS_PER_REPLICA = "gpus_per_replica"
 
 
 class ReplayError(ValueError):
@@ -38,6 +40,7 @@ class Tick:
     samples: dict[str, dict[str, Sample]] = field(default_factory=dict)
     replicas: dict[str, int] = field(default_factory=dict)
     min_available: dict[str, int] = field(default_factory=dict)
+    gpus_per_replica: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -126,6 +129,10 @@ def read_recording(path: str | Path) -> Recording:
                 tick.replicas[target] = _parse_count(sample, value_text, signal, where)
             elif signal == MIN_AVAILABLE:
                 tick.min_available[target] = _parse_count(sample, value_text, signal, where)
+            elif signal == GPUS_PER_REPLICA:
+                if not sample.is_value or sample.value is None or sample.value < 0:
+                    raise ReplayError(f"{where}: invalid {signal} value {value_text!r}: expected a number >= 0")
+                tick.gpus_per_replica[target] = sample.value
             else:
                 tick.samples.setdefault(target, {})[signal] = sample
     ordered = [ticks[key] for key in sorted(ticks)]
@@ -180,9 +187,11 @@ def replay(config: Config, recording: Recording, source: str = "replay") -> Iter
     state = EngineState()
     current: dict[str, int] = {}
     floors: dict[str, int] = {}
+    gpus: dict[str, float] = {}
     for tick in recording.ticks:
         current.update(tick.replicas)
         floors.update(tick.min_available)
+        gpus.update(tick.gpus_per_replica)
         for target in discovered:
             name = str(target.ref)
             if name not in current and (tick.samples.get(name) or tick.replicas.get(name) is not None):
@@ -191,12 +200,21 @@ def replay(config: Config, recording: Recording, source: str = "replay") -> Iter
                     "the first tick of each target needs its live /scale value"
                 )
         present = [
-            DiscoveredTarget(**{**target.__dict__, "floor": floors.get(str(target.ref), 0)})
+            dataclasses.replace(target, floor=floors.get(str(target.ref), 0), gpus_per_replica=gpus.get(str(target.ref)))
             for target in discovered
             if str(target.ref) in current
         ]
         specs = build_specs(config, present)
-        decisions, state = decide(now=tick.time, specs=specs, observations=tick.samples, live=dict(current), state=state)
+        decisions, state = decide(
+            now=tick.time,
+            specs=specs,
+            observations=tick.samples,
+            live=dict(current),
+            state=state,
+            interval_seconds=config.interval_seconds,
+            bands=build_bands(config, present),
+            budgets=budget_limits(config),
+        )
         for decision in decisions:
             if decision.desired is not None:
                 current[decision.target] = decision.desired

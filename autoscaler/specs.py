@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from autoscaler.config import Config, TargetConfig
+from autoscaler.coordination import RatioBand, pair_bands
 from autoscaler.engine import TargetSpec
 from autoscaler.targets import Kind, TargetRef
 from policies.registry import PolicyRegistry, default_registry
@@ -111,6 +112,29 @@ def build_specs(
                 behavior=rule.behavior,
                 series_labels=series_labels_for(config, rule, target, signals),
                 gpus_per_replica=target.gpus_per_replica,
+                priority=rule.priority,
+                budget_scopes=tuple(budget.name for budget in config.budgets if budget.covers(target.ref.namespace)),
             )
         )
     return specs
+
+
+def build_bands(config: Config, discovered: Sequence[DiscoveredTarget]) -> list[RatioBand]:
+    """Expand every configured ratio band into one band per PodCliqueSet replica."""
+    bands: list[RatioBand] = []
+    for band in config.ratio_bands:
+        bands.extend(
+            pair_bands(
+                name=band.name,
+                numerator_rule=band.numerator,
+                denominator_rule=band.denominator,
+                min_ratio=band.min_ratio,
+                max_ratio=band.max_ratio,
+                targets=discovered,
+            )
+        )
+    return bands
+
+
+def budget_limits(config: Config) -> dict[str, float]:
+    return {budget.name: budget.max_gpus for budget in config.budgets}

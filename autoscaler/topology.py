@@ -7,13 +7,15 @@ rules on the next tick, and removed indices simply stop appearing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from kubernetes.client.exceptions import ApiException
 
 from autoscaler.config import Config, TargetConfig
+from autoscaler.gpus import TemplateError, gpus_per_replica
 from autoscaler.kube import KubeClient
 from autoscaler.specs import DiscoveredTarget
 from autoscaler.targets import Kind, TargetRef
@@ -80,6 +82,17 @@ def _index(obj: dict[str, Any], label: str) -> int | None:
         return None
 
 
+def _with_gpus(target: DiscoveredTarget, pcs: dict[str, Any], level: str, resources: Sequence[str]) -> DiscoveredTarget:
+    """Fill GPUs per replica from the PodCliqueSet template; None when the template is invalid."""
+    name = {"podcliqueset": None, "scalingGroup": target.scaling_group, "clique": target.clique}[level]
+    try:
+        gpus = gpus_per_replica(pcs, level, name, resource_names=tuple(resources))
+    except TemplateError as error:
+        logger.warning("%s: cannot count GPUs per replica, so no GPU budget applies to it: %s", target.ref, error)
+        return target
+    return dataclasses.replace(target, gpus_per_replica=float(gpus))
+
+
 def _live(target: DiscoveredTarget, obj: dict[str, Any], pcs: dict[str, Any]) -> LiveTarget:
     metadata = obj.get("metadata", {})
     return LiveTarget(
@@ -116,6 +129,7 @@ class TopologyReader:
 
     def discover(self, config: Config) -> Discovery:
         discovery = Discovery()
+        levels = {rule.name: rule.level for rule in config.targets}
         children: dict[tuple[str, Kind], list[dict[str, Any]]] = {}
         for rule in config.targets:
             try:
@@ -124,6 +138,10 @@ class TopologyReader:
                 message = f"target rule {rule.name!r}: listing objects in namespace {rule.pod_clique_sets.namespace!r} failed: HTTP {error.status} {error.reason}"
                 logger.error(message)
                 discovery.errors.append(message)
+        discovery.targets = [
+            dataclasses.replace(live, target=_with_gpus(live.target, live.podcliqueset, levels[live.target.rule], config.gpu_resources))
+            for live in discovery.targets
+        ]
         return discovery
 
     def _children(self, cache: dict[tuple[str, Kind], list[dict[str, Any]]], namespace: str, kind: Kind) -> list[dict[str, Any]]:

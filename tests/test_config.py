@@ -111,3 +111,26 @@ def test_validate_command_exit_codes(tmp_path, capsys):
 def test_example_configs_are_valid(path):
     config = load_config(path)
     assert config.targets
+
+
+def test_unknown_signal_rejected_at_load():
+    found = problems_of(minimal(policies=[{"name": "latency-slo", "params": {"signal": "ttft_p90x", "slo_seconds": 1}}]))
+    assert any(problem.startswith("targets[0].policies[0]") for problem in found), found
+
+
+def test_signal_missing_from_preset_rejected():
+    data = minimal(policies=[{"name": "target", "params": {"signal": "requests_running", "type": "AverageValue", "value": 4}}])
+    data["metrics"] = {"preset": "dynamo"}
+    found = problems_of(data)
+    assert any("requests_running" in problem for problem in found), found
+
+
+def test_ratio_band_must_name_rules():
+    data = minimal()
+    data["ratioBands"] = [{"name": "pd", "numerator": "prefill", "denominator": "decode", "minRatio": 0.5, "maxRatio": 2}]
+    assert any("ratioBands[0].numerator: no target rule named 'prefill'" in problem for problem in problems_of(data))
+
+
+def test_scale_to_zero_only_for_podcliqueset():
+    found = problems_of(minimal(minReplicas=0))
+    assert any("minReplicas 0 is allowed only at level podcliqueset" in problem for problem in found), found
