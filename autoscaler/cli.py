@@ -82,6 +82,50 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_controller(config, args)
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from autoscaler.explain import explain_decisions_json, explain_decisions_text
+
+    config = _load_or_exit(args.config)
+    if args.metrics:
+        decisions = _replayed_decisions(config, args)
+        if decisions is None:
+            return EXIT_INVALID
+    else:
+        from autoscaler.runtime import explain_live
+
+        decisions = explain_live(config, args)
+        if decisions is None:
+            return 1
+    if args.json:
+        print(json.dumps(explain_decisions_json(decisions), indent=2))
+    else:
+        print(explain_decisions_text(decisions))
+    return 0
+
+
+def _replayed_decisions(config, args: argparse.Namespace):
+    """Return the decisions of one replayed tick: the one at --at, else the last."""
+    from autoscaler.replay import ReplayError, read_recording, replay
+
+    try:
+        recording = read_recording(args.metrics)
+        decisions = list(replay(config, recording, args.metrics))
+    except ReplayError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
+    times = sorted({decision.time for decision in decisions})
+    if args.at is None:
+        chosen = times[-1]
+    else:
+        start = recording.ticks[0].time
+        wanted = [time for time in times if time - start <= args.at]
+        if not wanted:
+            print(f"error: --at {args.at:g} is before the first tick of {args.metrics}", file=sys.stderr)
+            return None
+        chosen = wanted[-1]
+    return [decision for decision in decisions if decision.time == chosen]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grove-autoscaler", description="Multi-level autoscaler for Grove PodCliqueSets serving LLMs.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -107,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--out", help="write decisions as JSON lines to this file (default: standard output)")
     _add_common(replay)
     replay.set_defaults(handler=cmd_replay)
+
+    explain = commands.add_parser("explain", help="show every input, policy desire and adjustment behind each decision")
+    explain.add_argument("--config", required=True, help="path of the YAML configuration")
+    explain.add_argument("--metrics", help="explain a replayed tick of this CSV instead of the live cluster")
+    explain.add_argument("--at", type=float, help="with --metrics: seconds from the first tick (default: the last tick)")
+    explain.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    explain.add_argument("--context", help="kubeconfig context")
+    explain.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_common(explain)
+    explain.set_defaults(handler=cmd_explain)
 
     _add_optional_commands(commands)
     return parser

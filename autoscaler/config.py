@@ -192,14 +192,15 @@ class TargetConfig(Strict):
 
 
 class BudgetConfig(Strict):
-    """A GPU budget: the targets in `namespaces` (every namespace when empty) share `maxGpus`."""
+    """A GPU budget shared by the targets of `rules` in `namespaces` (each list: all when empty)."""
 
     name: str
     max_gpus: float = Field(alias="maxGpus", gt=0)
     namespaces: list[str] = Field(default_factory=list)
+    rules: list[str] = Field(default_factory=list)
 
-    def covers(self, namespace: str) -> bool:
-        return not self.namespaces or namespace in self.namespaces
+    def covers(self, namespace: str, rule: str) -> bool:
+        return (not self.namespaces or namespace in self.namespaces) and (not self.rules or rule in self.rules)
 
 
 class RatioBandConfig(Strict):
@@ -277,6 +278,10 @@ class Config(Strict):
                 rule = getattr(band, side)
                 if rule not in seen:
                     raise ValueError(f"ratioBands[{index}].{side}: no target rule named {rule!r}")
+        for index, budget in enumerate(self.budgets):
+            for rule in budget.rules:
+                if rule not in seen:
+                    raise ValueError(f"budgets[{index}].rules: no target rule named {rule!r}")
         names = [budget.name for budget in self.budgets]
         for name in names:
             if names.count(name) > 1:

@@ -16,6 +16,9 @@ from typing import Callable, Protocol, Sequence
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from kubernetes.client.exceptions import ApiException
+
+from autoscaler.coexistence import find_conflicts, other_writers
 from autoscaler.config import Config
 from autoscaler.engine import Decision, EngineState, TargetSpec, decide, signal_requests
 from autoscaler.kube import KubeClient, ScaleWriteError
@@ -70,6 +73,10 @@ class Controller:
         self.may_write = may_write
         self.state = EngineState()
         self._lock = threading.Lock()
+        # Reasons already reported per target, so a standing conflict yields one Event, not one per tick.
+        self._reported_conflicts: dict[str, tuple[str, ...]] = {}
+        # Our last write per target, to notice a second writer of the same /scale.
+        self._last_written: dict[str, int] = {}
 
     def replace_config(self, config: Config) -> None:
         """Swap in a new, already validated configuration from the next tick on."""
@@ -86,8 +93,11 @@ class Controller:
 
         discovery = self.topology.discover(self.config)
         result.errors.extend(discovery.errors)
-        live_targets = {str(live.target.ref): live for live in discovery.targets}
-        specs = self._specs(discovery.targets, result)
+        owned = self._without_other_autoscalers(discovery.targets, result)
+        for live in owned:
+            self._report_outside_change(live)
+        live_targets = {str(live.target.ref): live for live in owned}
+        specs = self._specs(owned, result)
 
         observations = self.source.fetch(signal_requests(specs), now)
         live = {name: target.replicas for name, target in live_targets.items()}
@@ -100,7 +110,7 @@ class Controller:
             ready=ready,
             state=self.state,
             interval_seconds=self.config.interval_seconds,
-            bands=self._bands(discovery.targets, result),
+            bands=self._bands(owned, result),
             budgets=budget_limits(self.config),
         )
         result.decisions = decisions
@@ -124,6 +134,57 @@ class Controller:
                 logger.error(message)
                 result.errors.append(message)
         return specs
+
+    def _without_other_autoscalers(self, targets: Sequence[LiveTarget], result: TickResult) -> list[LiveTarget]:
+        """Drop targets that an HPA or Grove's own autoscaling already scales, unless the rule overrides.
+
+        Two writers on one `/scale` fight, so such a target is skipped with an Event and a log line.
+        When the HPAs of a namespace cannot be listed, its targets are skipped too: acting without
+        knowing whether another writer exists is the fight this check prevents.
+        """
+        rules = {rule.name: rule for rule in self.config.targets}
+        hpas: dict[str, list[dict] | None] = {}
+        owned = []
+        for live in targets:
+            ref = live.target.ref
+            rule = rules[live.target.rule]
+            if rule.ignore_other_autoscalers:
+                owned.append(live)
+                continue
+            if ref.namespace not in hpas:
+                try:
+                    hpas[ref.namespace] = self.kube.list_hpas(ref.namespace)
+                except ApiException as error:
+                    message = f"listing HorizontalPodAutoscalers in {ref.namespace} failed (HTTP {error.status}); skipping its targets this tick"
+                    logger.error(message)
+                    result.errors.append(message)
+                    hpas[ref.namespace] = None
+            namespace_hpas = hpas[ref.namespace]
+            if namespace_hpas is None:
+                continue
+            conflicts = find_conflicts(ref.kind, ref.name, live.podcliqueset, namespace_hpas, namespace=ref.namespace)
+            if not conflicts:
+                self._reported_conflicts.pop(str(ref), None)
+                owned.append(live)
+                continue
+            if self._reported_conflicts.get(str(ref)) != tuple(conflicts):
+                self._reported_conflicts[str(ref)] = tuple(conflicts)
+                message = "skipped: already autoscaled by " + "; ".join(conflicts) + " (set ignoreOtherAutoscalers on the rule to override)"
+                logger.warning("%s %s", ref, message)
+                self.kube.emit_event(ref, live.uid, reason="ScaleSkipped", message=message, event_type="Warning")
+        return owned
+
+    def _report_outside_change(self, live: LiveTarget) -> None:
+        """Log and record an Event when the live count differs from our last write."""
+        name = str(live.target.ref)
+        written = self._last_written.get(name)
+        if written is None or written == live.replicas:
+            return
+        writers = other_writers(live.obj) or ["unknown (managedFields show no other writer)"]
+        message = f"replicas changed outside the autoscaler: {written} -> {live.replicas} by {', '.join(writers)}"
+        logger.warning("%s %s", name, message)
+        self.kube.emit_event(live.target.ref, live.uid, reason="ScaleChangedOutside", message=message, event_type="Warning")
+        del self._last_written[name]
 
     def _bands(self, targets: Sequence[LiveTarget], result: TickResult) -> list[RatioBand]:
         try:
@@ -154,6 +215,7 @@ class Controller:
             return
         logger.info("scaled %s %s %d -> %d: %s", ref.kind.value, _short(ref), decision.current, decision.desired, decision.reason)
         result.writes.append((decision.target, decision.current, write.new))
+        self._last_written[decision.target] = write.new
         self.kube.emit_event(
             ref,
             live.uid,

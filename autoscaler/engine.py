@@ -18,6 +18,7 @@ from autoscaler.behavior import Adjustment, ScaleHistory, apply_behavior, record
 from autoscaler.budget import BudgetRequest, apply_budgets
 from autoscaler.config import Behavior
 from autoscaler.coordination import RatioBand, apply_ratio_bands
+from autoscaler.targets import Kind, TargetRef
 from metrics.sample import Sample, SignalRequest
 from policies.base import Desire, Policy, PolicyContext
 
@@ -208,29 +209,35 @@ def _coordinate(decisions: list[Decision], specs: Mapping[str, TargetSpec], band
     return updated
 
 
-def _apply_budgets(decisions: list[Decision], specs: Mapping[str, TargetSpec], budgets: Mapping[str, float]) -> list[Decision]:
-    """Cut proposals to the GPU budgets; a target with unknown GPUs or no scope is not counted.
+def _budget_request(decision: Decision, spec: TargetSpec) -> BudgetRequest | None:
+    """Describe one decision for the budget; None when it cannot be counted.
 
-    A target whose scale could not be read still holds GPUs, so it counts at its last
-    known count (current = proposed) when one is known.
+    A target with unknown GPUs or no scope is not counted. A target whose scale could not
+    be read counts at its last known count. A PodCliqueSet counts only the replicas it
+    would add, at template GPUs, because its existing replicas are counted through the
+    targets of their children.
     """
-    requests = []
-    for decision in decisions:
-        spec = specs[decision.target]
-        if spec.gpus_per_replica is None or not spec.budget_scopes or decision.current is None:
-            continue
-        proposed = decision.current if decision.desired is None else decision.desired
-        requests.append(
-            BudgetRequest(
-                target=decision.target,
-                scopes=spec.budget_scopes,
-                priority=spec.priority,
-                current=decision.current,
-                proposed=proposed,
-                floor=min(spec.lower_bound, proposed),
-                gpus_per_replica=spec.gpus_per_replica,
-            )
-        )
+    if spec.gpus_per_replica is None or not spec.budget_scopes or decision.current is None:
+        return None
+    proposed = decision.current if decision.desired is None else decision.desired
+    if TargetRef.parse(spec.target).kind is Kind.PODCLIQUESET:
+        current, proposed, floor = 0, max(0, proposed - decision.current), 0
+    else:
+        current, floor = decision.current, min(spec.lower_bound, proposed)
+    return BudgetRequest(
+        target=decision.target,
+        scopes=spec.budget_scopes,
+        priority=spec.priority,
+        current=current,
+        proposed=proposed,
+        floor=floor,
+        gpus_per_replica=spec.gpus_per_replica,
+    )
+
+
+def _apply_budgets(decisions: list[Decision], specs: Mapping[str, TargetSpec], budgets: Mapping[str, float]) -> list[Decision]:
+    """Cut proposals to the GPU budgets, lowest priority first."""
+    requests = [request for decision in decisions if (request := _budget_request(decision, specs[decision.target]))]
     if not requests:
         return decisions
     outcome = apply_budgets(requests, budgets)
@@ -238,6 +245,9 @@ def _apply_budgets(decisions: list[Decision], specs: Mapping[str, TargetSpec], b
     for decision in decisions:
         result = outcome.results.get(decision.target)
         adjustment = result.as_adjustment() if result is not None and decision.desired is not None else None
+        if adjustment is not None and TargetRef.parse(decision.target).kind is Kind.PODCLIQUESET:
+            # The request counted growth only; translate it back to replicas.
+            adjustment = Adjustment(adjustment.step, decision.desired, decision.current + adjustment.after, adjustment.reason)
         updated.append(decision if adjustment is None else _with_adjustment(decision, adjustment))
     return updated
 

@@ -108,3 +108,18 @@ def run_controller(config: Config, args: argparse.Namespace) -> int:
         if watcher is not None:
             watcher.stop()
     return 0
+
+
+def explain_live(config: Config, args: argparse.Namespace):
+    """Run one dry-run tick against the cluster and return its decisions (None on a setup error)."""
+    try:
+        source = make_source(config)
+    except ConfigError as error:
+        logger.error("%s", error)
+        return None
+    kube = KubeClient(make_api_client(args.kubeconfig, args.context))
+    controller = Controller(config, kube, source, dry_run=True)
+    result = controller.tick()
+    for error in result.errors:
+        logger.error("%s", error)
+    return result.decisions

@@ -113,7 +113,7 @@ def build_specs(
                 series_labels=series_labels_for(config, rule, target, signals),
                 gpus_per_replica=target.gpus_per_replica,
                 priority=rule.priority,
-                budget_scopes=tuple(budget.name for budget in config.budgets if budget.covers(target.ref.namespace)),
+                budget_scopes=tuple(budget.name for budget in config.budgets if budget.covers(target.ref.namespace, rule.name)),
             )
         )
     return specs

@@ -40,6 +40,7 @@ class LiveTarget:
     resource_version: str | None
     uid: str | None
     podcliqueset: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    obj: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
 
 @dataclass
@@ -102,6 +103,7 @@ def _live(target: DiscoveredTarget, obj: dict[str, Any], pcs: dict[str, Any]) ->
         resource_version=metadata.get("resourceVersion"),
         uid=metadata.get("uid"),
         podcliqueset=pcs,
+        obj=obj,
     )
 
 

@@ -1,5 +1,6 @@
 """The pure decision engine: policies, the behaviour layer and state, without any I/O."""
 
+import dataclasses
 import json
 from typing import ClassVar
 
@@ -7,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autoscaler.config import Behavior
+from autoscaler.coordination import RatioBand
 from autoscaler.engine import EngineState, TargetSpec, decide, signal_requests
 from metrics.sample import Sample
 from policies.base import Desire, PolicyContext, PolicyParams, PolicyResult
@@ -61,8 +63,8 @@ def spec(target="ns/podclique/a", policies=None, floor=0, min_replicas=1, max_re
     )
 
 
-def run_once(specs, observations, live, state=None, now=100.0):
-    return decide(now=now, specs=specs, observations=observations, live=live, state=state or EngineState())
+def run_once(specs, observations, live, state=None, now=100.0, **cross_target):
+    return decide(now=now, specs=specs, observations=observations, live=live, state=state or EngineState(), **cross_target)
 
 
 def test_scales_to_policy_desire():
@@ -151,3 +153,56 @@ def test_decision_within_bounds_and_never_down_on_unknown(sample, current, floor
     assert desired >= min(max(floor, min_replicas), max_replicas)
     if sample.is_unknown:
         assert desired >= min(current, max_replicas)
+
+
+def budget_spec(target, *, gpus, priority=0, floor=1, max_replicas=10):
+    return dataclasses.replace(
+        spec(target, floor=floor, max_replicas=max_replicas), gpus_per_replica=gpus, priority=priority, budget_scopes=("gpus",)
+    )
+
+
+def test_budget_cuts_lowest_priority_first():
+    specs = [budget_spec("ns/podclique/a", gpus=2, priority=1), budget_spec("ns/podclique/b", gpus=2, priority=0)]
+    observations = {"ns/podclique/a": {"load": Sample.of(6)}, "ns/podclique/b": {"load": Sample.of(6)}}
+    decisions, _ = run_once(specs, observations, {"ns/podclique/a": 2, "ns/podclique/b": 2}, budgets={"gpus": 16})
+    desired = {decision.target: decision.desired for decision in decisions}
+    assert desired == {"ns/podclique/a": 6, "ns/podclique/b": 2}
+    assert decisions[1].adjustments[-1].step == "budget"
+
+
+def test_budget_rebalance_shrinks_and_grows_in_one_tick():
+    """Kind 4: b must shrink for a to grow; both land in the same tick."""
+    specs = [budget_spec("ns/podclique/a", gpus=1), budget_spec("ns/podclique/b", gpus=1)]
+    observations = {"ns/podclique/a": {"load": Sample.of(7)}, "ns/podclique/b": {"load": Sample.of(1)}}
+    decisions, _ = run_once(specs, observations, {"ns/podclique/a": 2, "ns/podclique/b": 6}, budgets={"gpus": 8})
+    # a may add at most 4 pods per 15 s (HPA default), so it lands on 6; b shrinks to 1 in the same tick.
+    assert [decision.desired for decision in decisions] == [6, 1]
+
+
+def test_budget_change_recorded_in_history():
+    specs = [budget_spec("ns/podclique/a", gpus=4)]
+    decisions, state = run_once(specs, {"ns/podclique/a": {"load": Sample.of(9)}}, {"ns/podclique/a": 1}, budgets={"gpus": 12})
+    assert decisions[0].desired == 3
+    assert state.targets["ns/podclique/a"].history.scale_events == [(100.0, 2)]
+
+
+def test_podcliqueset_counts_only_its_growth():
+    """Existing PodCliqueSet replicas are counted through their children; only growth is new."""
+    pcs = budget_spec("ns/podcliqueset/sys", gpus=8, floor=0)
+    child = budget_spec("ns/podcliquescalinggroup/sys-0-prefill", gpus=4)
+    observations = {"ns/podcliqueset/sys": {"load": Sample.of(3)}, "ns/podcliquescalinggroup/sys-0-prefill": {"load": Sample.of(2)}}
+    live = {"ns/podcliqueset/sys": 1, "ns/podcliquescalinggroup/sys-0-prefill": 2}
+    decisions, _ = run_once([pcs, child], observations, live, budgets={"gpus": 16})
+    desired = {decision.target: decision.desired for decision in decisions}
+    # 8 GPUs of the child plus one more PodCliqueSet replica at 8 GPUs fill the budget of 16.
+    assert desired == {"ns/podcliqueset/sys": 2, "ns/podcliquescalinggroup/sys-0-prefill": 2}
+
+
+def test_ratio_band_raises_the_smaller_side():
+    specs = [spec("ns/podclique/p"), spec("ns/podclique/d")]
+    observations = {"ns/podclique/p": {"load": Sample.of(1)}, "ns/podclique/d": {"load": Sample.of(6)}}
+    bands = [RatioBand("pd", "ns/podclique/p", "ns/podclique/d", 0.5, 2.0)]
+    decisions, state = run_once(specs, observations, {"ns/podclique/p": 1, "ns/podclique/d": 6}, bands=bands)
+    assert [decision.desired for decision in decisions] == [3, 6]
+    assert decisions[0].adjustments[-1].step == "ratio"
+    assert state.targets["ns/podclique/p"].history.scale_events == [(100.0, 2)]

@@ -1,0 +1,203 @@
+"""`grove-autoscaler backtest`: replay real traffic against policies on a simulated Grove cluster."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from autoscaler.backtest import baselines, report, traces
+from autoscaler.backtest.cluster import TopologyError, build_topology, default_manifest, load_manifest
+from autoscaler.backtest.oracle import OracleResult, oracle_for_shape, oracle_for_trace
+from autoscaler.backtest.runner import Settings, Workload, run_backtest
+from autoscaler.backtest.signals import DECODE, PREFILL
+from autoscaler.config import Config, ConfigError, load_config
+from policies.profile import Profile, ProfileError, bundled_profile_dir
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MIN_PEAK_GPUS = 8.0
+EXIT_INVALID_INPUT = 2
+
+
+def default_config_path() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("autoscaler.data").joinpath("backtest.yaml")))
+
+
+def add_parser(subparsers) -> None:
+    """Register the `backtest` subcommand on an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "backtest",
+        help="compare scaling policies on a recorded trace with a simulated cluster",
+        description=(
+            "Replay a request trace (or a rate shape) against every configured policy set and the "
+            "built-in baselines on a simulated Grove cluster whose serving speed comes from a Dynamo "
+            "profile, and print SLO attainment and GPU-hours against a clairvoyant oracle. Without "
+            "arguments it runs the bundled Azure conversation trace, scaled so the peak needs at "
+            "least 8 GPUs, with the bundled H200 profile and example configuration."
+        ),
+    )
+    parser.add_argument("--trace", help="trace file or ServeGen directory, or a bundled trace: azure-conv, azure-code (default: azure-conv)")
+    parser.add_argument("--format", default="auto", choices=("auto",) + traces.FORMATS, help="trace format (default: detect)")
+    parser.add_argument("--lengths-from", help="request-level trace whose input/output lengths a rate shape uses (default: azure-conv)")
+    parser.add_argument("--start", type=float, help="start of the time range to replay, seconds from the trace start")
+    parser.add_argument("--end", type=float, help="end of the time range to replay, seconds from the trace start")
+    parser.add_argument(
+        "--rate-scale",
+        default=None,
+        help="multiply the request rate, keeping the time axis; a number or 'auto' (scale until the peak needs "
+        f"{DEFAULT_MIN_PEAK_GPUS:g} GPUs; the default for the bundled trace, 1 otherwise)",
+    )
+    parser.add_argument("--config", action="append", help="configuration file of one policy set; repeat to compare several (default: bundled example)")
+    parser.add_argument("--profile", help="Dynamo profiling directory (default: bundled H200 TP1 profile)")
+    parser.add_argument("--manifest", help="PodCliqueSet manifest of the simulated deployment (default: bundled multi-node disaggregated example)")
+    parser.add_argument("--gpus-per-pod", type=float, default=1.0, help="GPUs per pod when the manifest requests none (default: 1)")
+    parser.add_argument("--mode", choices=("request", "fluid"), help="request-level events or per-second fluid model (default: request for traces, fluid for rate shapes)")
+    parser.add_argument("--cold-start", type=float, default=120.0, help="seconds before a new replica serves (default: 120)")
+    parser.add_argument("--ttft-slo", type=float, default=0.5, help="TTFT objective per request, seconds (default: 0.5)")
+    parser.add_argument("--itl-slo", type=float, default=0.05, help="mean ITL objective per request, seconds (default: 0.05)")
+    parser.add_argument("--no-baselines", action="store_true", help="run only the configured policy sets")
+    parser.add_argument("--json", help="write the results as JSON to this file")
+    parser.add_argument("--csv", help="write one timeline CSV per policy into this directory")
+    parser.add_argument("--plot", help="write a PNG plot of replicas, load and latency per policy to this file")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the rate scaling (default: 0)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the backtest described by parsed arguments; return the exit code (2 on invalid input)."""
+    try:
+        return _run(args)
+    except (traces.TraceError, ProfileError, TopologyError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID_INPUT
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID_INPUT
+
+
+def _run(args: argparse.Namespace) -> int:
+    profile = Profile.load(args.profile) if args.profile else Profile.load(bundled_profile_dir())
+    manifest = load_manifest(args.manifest) if args.manifest else default_manifest()
+    config_paths = [Path(path) for path in args.config] if args.config else [default_config_path()]
+    configs = [(path.stem, load_config(path)) for path in config_paths]
+    main_config = configs[0][1]
+    topology = build_topology(main_config, manifest, gpus_per_pod=args.gpus_per_pod)
+    prefill_gpus = topology.by_role(PREFILL).gpus_per_replica
+    decode_gpus = topology.by_role(DECODE).gpus_per_replica
+
+    workload = _load_workload(args)
+    mode = args.mode or ("request" if workload.trace is not None and workload.shape is None else "fluid")
+    if mode == "request" and workload.trace is None:
+        raise ValueError(f"trace {workload.name} is a rate shape without request times; use --mode fluid")
+    settings = Settings(
+        ttft_slo_s=args.ttft_slo, itl_slo_s=args.itl_slo, cold_start_s=args.cold_start,
+        mode=mode, gpus_per_pod=args.gpus_per_pod, seed=args.seed,
+    )
+
+    workload = _scale_workload(workload, args, profile, prefill_gpus, decode_gpus, settings)
+    oracle = _oracle(workload, profile, prefill_gpus, decode_gpus, settings, main_config)
+
+    policy_sets, warnings = _policy_sets(args, configs, topology, oracle, settings)
+    result = run_backtest(workload, policy_sets, profile, manifest, settings, oracle, show_progress=not args.quiet)
+    result.warnings.extend(warnings)
+
+    print(report.format_table(result))
+    if args.json:
+        report.write_json(result, args.json)
+    if args.csv:
+        report.write_csv(result, args.csv)
+    if args.plot:
+        report.write_plot(result, args.plot)
+    return 0
+
+
+def _load_workload(args: argparse.Namespace) -> Workload:
+    if args.trace is None or args.trace in traces.BUNDLED_TRACES:
+        path = traces.bundled_trace_path(args.trace or "azure-conv")
+        loaded = traces.load(path, "azure")
+    else:
+        loaded = traces.load(args.trace, args.format)
+
+    if isinstance(loaded, traces.RateShape):
+        shape = traces.cut_shape(loaded, args.start, args.end) if args.start is not None or args.end is not None else loaded
+        lengths_source = args.lengths_from or "azure-conv"
+        if lengths_source in traces.BUNDLED_TRACES:
+            lengths = traces.load(traces.bundled_trace_path(lengths_source), "azure")
+        else:
+            lengths = traces.load(lengths_source)
+        if not isinstance(lengths, traces.Trace):
+            raise traces.TraceError(f"--lengths-from {lengths_source}: a request-level trace is needed, got a rate shape")
+        return Workload(name=shape.name, duration_s=shape.duration_s, shape=shape, lengths=lengths)
+
+    trace = traces.cut(loaded, args.start, args.end) if args.start is not None or args.end is not None else loaded
+    return Workload(name=trace.name, duration_s=trace.duration_s, trace=trace)
+
+
+def _scale_workload(workload: Workload, args, profile: Profile, prefill_gpus: float, decode_gpus: float, settings: Settings) -> Workload:
+    requested = args.rate_scale
+    if requested is None:
+        requested = "auto" if args.trace is None else "1"
+    if requested == "auto":
+        oracle = _oracle(workload, profile, prefill_gpus, decode_gpus, settings, None)
+        factor = max(1.0, math.ceil(DEFAULT_MIN_PEAK_GPUS / max(oracle.peak_gpu_need, 1e-9) * 10) / 10)
+    else:
+        try:
+            factor = float(requested)
+        except ValueError:
+            raise ValueError(f"invalid --rate-scale {requested!r}: expected a positive number or 'auto'") from None
+    if factor == 1:
+        return workload
+    if workload.trace is not None:
+        trace = traces.scale_rate(workload.trace, factor, seed=args.seed)
+        return Workload(name=trace.name, duration_s=trace.duration_s, trace=trace)
+    shape = traces.scale_shape(workload.shape, factor)
+    return Workload(name=shape.name, duration_s=shape.duration_s, shape=shape, lengths=workload.lengths)
+
+
+def _oracle(workload: Workload, profile, prefill_gpus, decode_gpus, settings: Settings, config: Config | None) -> OracleResult:
+    if workload.trace is not None:
+        window = float(config.metrics.window_seconds) if config is not None else 60.0
+        return oracle_for_trace(workload.trace, profile, prefill_gpus=prefill_gpus, decode_gpus=decode_gpus, itl_slo_s=settings.itl_slo_s, window_s=window)
+    return oracle_for_shape(workload.shape, workload.lengths, profile, prefill_gpus=prefill_gpus, decode_gpus=decode_gpus, itl_slo_s=settings.itl_slo_s)
+
+
+def _policy_sets(args, configs, topology, oracle: OracleResult, settings: Settings) -> tuple[list[baselines.PolicySet], list[str]]:
+    policy_sets = [baselines.PolicySet(name, config) for name, config in configs]
+    warnings: list[str] = []
+    if args.no_baselines:
+        return policy_sets, warnings
+    main_config = configs[0][1]
+    peak = {PREFILL: int(oracle.prefill_replicas.max()), DECODE: int(oracle.decode_replicas.max())}
+    policy_sets.append(baselines.static_peak(main_config, peak))
+    policy_sets.append(baselines.hpa_kv_cache(main_config))
+    roles = {target.discovered.rule: target.role for target in topology.targets}
+    gpus = {target.discovered.rule: target.gpus_per_replica for target in topology.targets}
+    dynamo = baselines.dynamo_planner(
+        main_config, roles, gpus, ttft_slo_s=settings.ttft_slo_s, itl_slo_s=settings.itl_slo_s,
+        profile_dir=Path(args.profile) if args.profile else None,
+    )
+    if dynamo is None:
+        warnings.append("policy dynamo-compatible is not registered; the Dynamo planner baseline was skipped")
+    else:
+        policy_sets.append(dynamo)
+    return policy_sets, warnings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `backtest` as a standalone program (the package CLI registers it as a subcommand)."""
+    parser = argparse.ArgumentParser(prog="grove-autoscaler")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_parser(subparsers)
+    args = parser.parse_args(["backtest", *(argv if argv is not None else sys.argv[1:])])
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""A simulated Grove deployment: which `/scale` objects exist, what a replica costs, and replica lifecycle.
+
+The topology comes from a PodCliqueSet manifest. Each configuration rule is matched against
+it the way the live controller matches live objects, giving one `DiscoveredTarget` per
+scalable object of PodCliqueSet replica 0: a scaling group (`<pcs>-0-<group>`) or a standalone
+clique (`<pcs>-0-<clique>`). Every target serves either prefill or decode, told by its name or
+roleName. GPUs per replica come from the pod templates' GPU requests; when a template requests
+none, each pod counts `gpus_per_pod` GPUs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import yaml
+
+from autoscaler.config import Config, TargetConfig
+from autoscaler.gpus import TemplateError, gpus_per_replica
+from autoscaler.specs import DiscoveredTarget
+from autoscaler.targets import Kind, TargetRef
+from autoscaler.backtest.signals import DECODE, PREFILL
+
+
+class TopologyError(ValueError):
+    """A manifest or rule that the simulated cluster cannot represent; the message names the field."""
+
+
+@dataclass(frozen=True)
+class SimTarget:
+    """One simulated `/scale` object: its discovered form, role, and template replicas."""
+
+    discovered: DiscoveredTarget
+    role: str
+    gpus_per_replica: float
+    template_replicas: int
+
+    @property
+    def name(self) -> str:
+        return str(self.discovered.ref)
+
+
+@dataclass(frozen=True)
+class Topology:
+    pcs: Mapping[str, Any] = field(repr=False)
+    targets: tuple[SimTarget, ...]
+
+    def by_role(self, role: str) -> SimTarget:
+        for target in self.targets:
+            if target.role == role:
+                return target
+        raise TopologyError(f"no target serves {role}")
+
+
+def default_manifest() -> dict[str, Any]:
+    """Return the bundled multi-node disaggregated PodCliqueSet (prefill and decode scaling groups)."""
+    text = resources.files("autoscaler.data").joinpath("multi-node-disaggregated.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def load_manifest(path: str | Path) -> dict[str, Any]:
+    """Read the first PodCliqueSet document of a YAML file; raise TopologyError."""
+    path = Path(path)
+    try:
+        documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    except OSError as error:
+        raise TopologyError(f"{path}: cannot read file: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise TopologyError(f"{path}: invalid YAML: {error}") from None
+    for document in documents:
+        if isinstance(document, dict) and document.get("kind") == "PodCliqueSet":
+            return document
+    raise TopologyError(f"{path}: no document with kind: PodCliqueSet")
+
+
+def build_topology(config: Config, manifest: Mapping[str, Any], *, gpus_per_pod: float = 1.0) -> Topology:
+    """Match every rule of `config` against the manifest; raise TopologyError unless exactly one prefill and one decode target result."""
+    if gpus_per_pod <= 0 or not math.isfinite(gpus_per_pod):
+        raise TopologyError(f"invalid gpus per pod {gpus_per_pod!r}: must be a positive number")
+    metadata = manifest.get("metadata") or {}
+    pcs_name = metadata.get("name")
+    namespace = metadata.get("namespace", "default")
+    if not pcs_name:
+        raise TopologyError("manifest: metadata.name is missing")
+
+    targets = []
+    for rule in config.targets:
+        if not _rule_selects(rule, pcs_name, namespace, metadata.get("labels") or {}):
+            continue
+        targets.append(_target_for_rule(rule, manifest, pcs_name, namespace, gpus_per_pod))
+
+    roles = [target.role for target in targets]
+    for role in (PREFILL, DECODE):
+        if roles.count(role) != 1:
+            found = ", ".join(f"{t.name} ({t.role})" for t in targets) or "none"
+            raise TopologyError(
+                f"the backtest needs exactly one prefill and one decode target in PodCliqueSet {namespace}/{pcs_name}; "
+                f"the configuration selects: {found}"
+            )
+    return Topology(pcs=manifest, targets=tuple(targets))
+
+
+def _rule_selects(rule: TargetConfig, pcs_name: str, namespace: str, labels: Mapping[str, str]) -> bool:
+    selector = rule.pod_clique_sets
+    if selector.namespace != namespace:
+        return False
+    if selector.names and pcs_name not in selector.names:
+        return False
+    for key, value in selector.selector.match_labels.items():
+        if labels.get(key) != value:
+            return False
+    for requirement in selector.selector.match_expressions:
+        present = requirement.key in labels
+        value = labels.get(requirement.key)
+        if requirement.operator == "In" and value not in requirement.values:
+            return False
+        if requirement.operator == "NotIn" and present and value in requirement.values:
+            return False
+        if requirement.operator == "Exists" and not present:
+            return False
+        if requirement.operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def _target_for_rule(rule: TargetConfig, manifest: Mapping[str, Any], pcs_name: str, namespace: str, gpus_per_pod: float) -> SimTarget:
+    template = (manifest.get("spec") or {}).get("template") or {}
+    cliques = {clique.get("name"): clique for clique in template.get("cliques") or []}
+    groups = {group.get("name"): group for group in template.get("podCliqueScalingGroups") or []}
+
+    if rule.level == "podcliqueset":
+        # NOTE: a PodCliqueSet replica holds prefill and decode together; the serving model
+        # scales the two roles separately, so this level is not simulated.
+        raise TopologyError(f"target rule {rule.name!r}: level podcliqueset is not supported by the backtest; use scalingGroup or clique rules")
+
+    if rule.level == "scalingGroup":
+        group = groups.get(rule.scaling_group)
+        if group is None:
+            raise TopologyError(f"target rule {rule.name!r}: scalingGroup {rule.scaling_group!r} not found in the manifest; known: {sorted(groups)}")
+        member_names = list(group.get("cliqueNames") or [])
+        pods = sum(int((cliques.get(name) or {}).get("spec", {}).get("replicas", 1)) for name in member_names)
+        role = _role_of(rule, [str(rule.scaling_group)] + member_names + [_role_name(cliques.get(n)) for n in member_names])
+        ref = TargetRef(namespace, Kind.PODCLIQUESCALINGGROUP, f"{pcs_name}-0-{rule.scaling_group}")
+        gpus = _gpus(manifest, "scalingGroup", str(rule.scaling_group), pods, gpus_per_pod, rule)
+        replicas = int(group.get("replicas", 1))
+        floor = int(group.get("minAvailable", 1))
+        discovered = DiscoveredTarget(
+            ref=ref, rule=rule.name, pcs=pcs_name, index=0, floor=floor, template_replicas=replicas,
+            scaling_group=rule.scaling_group, gpus_per_replica=gpus,
+        )
+        return SimTarget(discovered, role, gpus, replicas)
+
+    assert rule.clique is not None
+    if rule.clique.name is not None:
+        matches = [clique for name, clique in cliques.items() if name == rule.clique.name]
+    else:
+        matches = [clique for clique in cliques.values() if _role_name(clique) == rule.clique.role_name]
+    if len(matches) != 1:
+        wanted = rule.clique.name or rule.clique.role_name
+        raise TopologyError(f"target rule {rule.name!r}: clique {wanted!r} matches {len(matches)} cliques in the manifest; known: {sorted(cliques)}")
+    clique = matches[0]
+    name = str(clique.get("name"))
+    in_group = [group_name for group_name, group in groups.items() if name in (group.get("cliqueNames") or [])]
+    if in_group:
+        raise TopologyError(
+            f"target rule {rule.name!r}: clique {name!r} belongs to scaling group {in_group[0]!r}; "
+            "the backtest scales whole gangs, so target the scaling group"
+        )
+    role = _role_of(rule, [name, _role_name(clique)])
+    ref = TargetRef(namespace, Kind.PODCLIQUE, f"{pcs_name}-0-{name}")
+    gpus = _gpus(manifest, "clique", name, 1, gpus_per_pod, rule)
+    spec = clique.get("spec") or {}
+    replicas = int(spec.get("replicas", 1))
+    discovered = DiscoveredTarget(
+        ref=ref, rule=rule.name, pcs=pcs_name, index=0, floor=int(spec.get("minAvailable", replicas)),
+        template_replicas=replicas, clique=name, gpus_per_replica=gpus,
+    )
+    return SimTarget(discovered, role, gpus, replicas)
+
+
+def _role_name(clique: Mapping[str, Any] | None) -> str:
+    return str(((clique or {}).get("spec") or {}).get("roleName") or "")
+
+
+def _role_of(rule: TargetConfig, names: list[str]) -> str:
+    text = " ".join(names).lower()
+    is_prefill = "prefill" in text
+    is_decode = "decode" in text
+    if is_prefill != is_decode:
+        return PREFILL if is_prefill else DECODE
+    raise TopologyError(
+        f"target rule {rule.name!r}: cannot tell whether {', '.join(n for n in names if n)} serves prefill or decode; "
+        "the scaling group, clique or roleName must contain 'prefill' or 'decode'"
+    )
+
+
+def _gpus(manifest: Mapping[str, Any], level: str, name: str, pods: int, gpus_per_pod: float, rule: TargetConfig) -> float:
+    try:
+        requested = gpus_per_replica(manifest, level, name)
+    except TemplateError as error:
+        raise TopologyError(f"target rule {rule.name!r}: {error}") from None
+    return requested if requested > 0 else pods * gpus_per_pod
+
+
+@dataclass
+class Replica:
+    """One simulated replica; times are seconds of simulated time."""
+
+    id: int
+    created: float
+    ready_at: float
+    draining: bool = False
+    gone_at: float | None = None
+    busy_until: float = 0.0
+
+    def exists_at(self, time: float) -> bool:
+        return self.created <= time and (self.gone_at is None or time < self.gone_at)
+
+
+class ReplicaPool:
+    """Replicas of one role: new ones serve after the cold start, removed ones drain first.
+
+    Scale-down removes the newest replicas first, as Grove removes the highest indices. A
+    replica still starting is deleted at once; a serving one takes no new work and is gone
+    when its in-flight work ends (the serving model sets `gone_at`).
+    """
+
+    def __init__(self, role: str, gpus_per_replica: float, cold_start_s: float) -> None:
+        self.role = role
+        self.gpus_per_replica = gpus_per_replica
+        self.cold_start_s = cold_start_s
+        self.replicas: list[Replica] = []
+
+    def live(self) -> list[Replica]:
+        return [replica for replica in self.replicas if not replica.draining and replica.gone_at is None]
+
+    @property
+    def live_count(self) -> int:
+        return len(self.live())
+
+    def start_warm(self, count: int) -> list[Replica]:
+        return [self._add(0.0, 0.0) for _ in range(count)]
+
+    def scale_to(self, count: int, now: float) -> tuple[list[Replica], list[Replica]]:
+        """Return (added, removed); removed ones still starting are gone at `now`."""
+        live = self.live()
+        added: list[Replica] = []
+        removed: list[Replica] = []
+        if count > len(live):
+            added = [self._add(now, now + self.cold_start_s) for _ in range(count - len(live))]
+        elif count < len(live):
+            for replica in sorted(live, key=lambda r: r.id, reverse=True)[: len(live) - count]:
+                replica.draining = True
+                if replica.ready_at > now:
+                    replica.gone_at = now
+                removed.append(replica)
+        return added, removed
+
+    def ready(self, now: float) -> list[Replica]:
+        return [r for r in self.replicas if r.ready_at <= now and r.gone_at is None and not r.draining]
+
+    def gpu_seconds(self, start: float, end: float) -> float:
+        total = 0.0
+        for replica in self.replicas:
+            gone = end if replica.gone_at is None else min(replica.gone_at, end)
+            total += max(0.0, gone - max(replica.created, start))
+        return total * self.gpus_per_replica
+
+    def count_timeline(self, times: np.ndarray) -> np.ndarray:
+        """Return the number of existing replicas (starting, serving or draining) at each time."""
+        created = np.sort([replica.created for replica in self.replicas])
+        gone = np.sort([np.inf if replica.gone_at is None else replica.gone_at for replica in self.replicas])
+        return np.searchsorted(created, times, side="right") - np.searchsorted(gone, times, side="right")
+
+    def _add(self, created: float, ready_at: float) -> Replica:
+        replica = Replica(id=len(self.replicas), created=created, ready_at=ready_at)
+        self.replicas.append(replica)
+        return replica

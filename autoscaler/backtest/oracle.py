@@ -1,0 +1,110 @@
+"""The clairvoyant oracle: the fewest GPUs that carry each window's real load at profiled speed.
+
+For every window of `window_s` seconds the oracle knows the requests that arrive in it and
+sizes each role with no cold start and no forecasting error:
+
+- prefill replicas = ceil(sum over the window's requests of isl / prefill tokens/s/GPU at isl,
+  divided by the window and by the replica's GPUs), the engine time the prompts need;
+- decode replicas = ceil(output tokens of the window / window / (best decode tokens/s/GPU
+  meeting the ITL SLO at the window's mean context isl + osl/2) / the replica's GPUs), the
+  Dynamo planner's decode rule with the true load;
+- at least one replica per role, because a Grove scaling group cannot go to zero.
+
+Its GPU-hours are the sum over windows of the GPUs of those replicas times the window. It
+is a lower bound for a policy that meets the SLOs only as far as the profile's throughput is
+the most a GPU can do at that latency; a policy that misses its SLOs can use fewer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from autoscaler.backtest.traces import RateShape, Trace
+from policies.profile import Profile
+
+
+@dataclass(frozen=True)
+class OracleResult:
+    window_s: float
+    prefill_replicas: np.ndarray
+    decode_replicas: np.ndarray
+    gpus: np.ndarray
+    gpu_hours: float
+    peak_gpu_need: float
+    """Peak fractional GPUs of work in one window (before rounding to replicas)."""
+
+
+def oracle_for_trace(
+    trace: Trace,
+    profile: Profile,
+    *,
+    prefill_gpus: float,
+    decode_gpus: float,
+    itl_slo_s: float,
+    window_s: float = 60.0,
+) -> OracleResult:
+    windows = max(1, int(math.ceil(trace.duration_s / window_s)))
+    index = np.minimum((trace.arrival_s / window_s).astype(np.int64), windows - 1)
+    isl = np.maximum(trace.isl, 1).astype(float)
+    osl = trace.osl.astype(float)
+    prefill_seconds = np.bincount(index, weights=isl / profile.prefill_throughput_per_gpu(isl), minlength=windows)
+    output_tokens = np.bincount(index, weights=osl, minlength=windows)
+    requests = np.bincount(index, minlength=windows)
+    context_sum = np.bincount(index, weights=isl + osl / 2, minlength=windows)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        context = np.where(requests > 0, context_sum / np.maximum(requests, 1), float(np.mean(isl + osl / 2)))
+    return _size(profile, prefill_seconds / window_s, output_tokens / window_s, context, prefill_gpus, decode_gpus, itl_slo_s, window_s, trace.duration_s)
+
+
+def oracle_for_shape(
+    shape: RateShape,
+    lengths: Trace,
+    profile: Profile,
+    *,
+    prefill_gpus: float,
+    decode_gpus: float,
+    itl_slo_s: float,
+) -> OracleResult:
+    """Size each rate-shape window with the mean per-request work of the lengths trace."""
+    isl = np.maximum(lengths.isl, 1).astype(float)
+    osl = lengths.osl.astype(float)
+    prefill_per_request = float(np.mean(isl / profile.prefill_throughput_per_gpu(isl)))
+    output_per_request = float(np.mean(osl))
+    context = np.full(shape.rate.size, float(np.mean(isl + osl / 2)))
+    return _size(
+        profile, shape.rate * prefill_per_request, shape.rate * output_per_request, context,
+        prefill_gpus, decode_gpus, itl_slo_s, shape.window_s, shape.duration_s,
+    )
+
+
+def _size(profile, prefill_gpu_load, output_rate, context, prefill_gpus, decode_gpus, itl_slo_s, window_s, duration_s) -> OracleResult:
+    # prefill_gpu_load is GPU-seconds of prompt work per second (one-GPU engines).
+    decode_per_gpu = np.array([_best_decode(profile, itl_slo_s, value) for value in context])
+    decode_gpu_load = output_rate / decode_per_gpu
+    prefill = np.maximum(1, np.ceil(prefill_gpu_load / prefill_gpus - 1e-9)).astype(int)
+    decode = np.maximum(1, np.ceil(decode_gpu_load / decode_gpus - 1e-9)).astype(int)
+    gpus = prefill * prefill_gpus + decode * decode_gpus
+    lengths = np.full(gpus.size, window_s)
+    lengths[-1] = max(0.0, duration_s - window_s * (gpus.size - 1))
+    return OracleResult(
+        window_s=window_s,
+        prefill_replicas=prefill,
+        decode_replicas=decode,
+        gpus=gpus,
+        gpu_hours=float(np.sum(gpus * lengths) / 3600.0),
+        peak_gpu_need=float(np.max(prefill_gpu_load + decode_gpu_load)),
+    )
+
+
+_BEST_CACHE: dict[tuple[int, float, int], float] = {}
+
+
+def _best_decode(profile: Profile, itl_slo_s: float, context: float) -> float:
+    # Context rounded to 64 tokens: the profile grid is coarser than that.
+    key = (id(profile), itl_slo_s, int(context // 64))
+    if key not in _BEST_CACHE:
+        _BEST_CACHE[key] = max(profile.best_decode_throughput_per_gpu(itl_slo_s, context)[0], 1e-9)
+    return _BEST_CACHE[key]

@@ -1,0 +1,264 @@
+"""Fluid (per-second) serving model for long rate shapes, from the same profile as the request model.
+
+Requests are a continuous flow of `rate(t)` per second with the length mix of a request-level
+trace. Each simulated second:
+
+- prefill: the prompt work (engine-seconds, `isl / prefill tokens/s at isl` per request) joins
+  a backlog that the ready engines drain at one engine-second per second each; a request
+  arriving now waits `backlog / engines` before its own service;
+- decode: finished prefills join the admission queue; requests are admitted while the ready
+  pool has KV room for their mean sequence `isl + osl`; the running requests advance at
+  `1 / ITL(kv usage, mean context isl + osl/2)` tokens/s and leave after their mean
+  `osl - 1` tokens.
+
+A second's arrivals meet the TTFT SLO in the share of the length mix whose prefill time fits
+in the SLO after the waits, and the ITL SLO when that second's ITL does. Histograms get the
+same distributions, so signals look as they would from Prometheus.
+
+NOTE: Replica readiness and engine counts change at recorder steps (the tick interval or
+less), not at the exact second; the decode admission wait is estimated as queue / departure
+rate (Little's law).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from autoscaler.backtest.cluster import ReplicaPool
+from autoscaler.backtest.signals import DECODE, ITL_BUCKETS, PREFILL, TTFT_BUCKETS, SignalRecorder, bucket_counts
+from autoscaler.backtest.traces import RateShape, Trace
+from policies.profile import Profile
+
+_KV_TABLE_POINTS = 201
+
+
+class FluidServingModel:
+    """Per-second fluid model; `advance`, `scale` and `attainment` match the request-level model."""
+
+    def __init__(
+        self,
+        *,
+        profile: Profile,
+        lengths: Trace,
+        duration_s: float,
+        prefill_gpus: float,
+        decode_gpus: float,
+        initial_prefill: int,
+        initial_decode: int,
+        cold_start_s: float,
+        horizon_s: float,
+        ttft_slo_s: float,
+        itl_slo_s: float,
+        shape: RateShape | None = None,
+        trace: Trace | None = None,
+        step_s: float = 15.0,
+        gpus_per_engine: float = 1.0,
+    ) -> None:
+        if shape is None and trace is None:
+            raise ValueError("the fluid model needs a rate shape or a trace")
+        self.profile = profile
+        self.ttft_slo_s = ttft_slo_s
+        self.itl_slo_s = itl_slo_s
+        seconds = int(math.ceil(horizon_s))
+        self.seconds = seconds
+        self.recorder = SignalRecorder(steps=int(math.ceil(seconds / step_s)), step_s=step_s)
+        self._rate = self._rate_per_second(shape, trace, seconds).tolist()
+
+        isl = np.maximum(lengths.isl, 1).astype(float)
+        osl = lengths.osl.astype(float)
+        service = isl / (profile.prefill_throughput_per_gpu(isl) * gpus_per_engine)
+        self._service_sorted = np.sort(service)
+        self.service_mean = float(service.mean())
+        self.isl_mean = float(isl.mean())
+        self.osl_mean = float(osl.mean())
+        self.decode_tokens_mean = float(np.maximum(osl - 1, 0).mean())
+        self.context = float(np.mean(isl + osl / 2))
+        self.engines_per_prefill = max(1, int(round(prefill_gpus / gpus_per_engine)))
+        self.decode_capacity = profile.max_kv_tokens * decode_gpus / gpus_per_engine
+        self.need_mean = float(np.mean(np.minimum(isl + osl, self.decode_capacity)))
+        kv_axis = np.linspace(0.0, 1.0, _KV_TABLE_POINTS)
+        self._itl_table = [float(value) for value in profile.decode_itl_seconds(kv_axis, np.full(kv_axis.size, self.context))]
+
+        self.prefill = ReplicaPool(PREFILL, prefill_gpus, cold_start_s)
+        self.decode = ReplicaPool(DECODE, decode_gpus, cold_start_s)
+        self.prefill.start_warm(initial_prefill)
+        self.decode.start_warm(initial_decode)
+
+        self._second = 0
+        self._backlog = 0.0
+        self._queue = 0.0
+        self._running = 0.0
+        self._itl = self._itl_table[0]
+        self._arrived = 0.0
+        self._ttft_ok = 0.0
+        self._itl_ok = 0.0
+        self._both_ok = 0.0
+
+    @staticmethod
+    def _rate_per_second(shape: RateShape | None, trace: Trace | None, seconds: int) -> np.ndarray:
+        if shape is not None:
+            return shape.rate_at(np.arange(seconds) + 0.5)
+        assert trace is not None
+        index = np.minimum(trace.arrival_s.astype(np.int64), seconds - 1)
+        return np.bincount(index, minlength=seconds)[:seconds].astype(float)
+
+    # --- replicas ------------------------------------------------------------------------
+
+    def live_replicas(self, role: str) -> int:
+        return (self.prefill if role == PREFILL else self.decode).live_count
+
+    def scale(self, role: str, replicas: int, now: float) -> None:
+        pool = self.prefill if role == PREFILL else self.decode
+        _, removed = pool.scale_to(replicas, now)
+        for replica in removed:
+            if replica.gone_at is not None:
+                continue
+            if role == PREFILL:
+                engines = max(self._ready_engines(now), 1)
+                replica.gone_at = now + self._backlog / engines + self.service_mean
+            else:
+                replica.gone_at = now + self.decode_tokens_mean * self._itl
+
+    def gpu_seconds(self, end: float) -> float:
+        return self.prefill.gpu_seconds(0.0, end) + self.decode.gpu_seconds(0.0, end)
+
+    @property
+    def pending(self) -> int:
+        return 0
+
+    def attainment(self, ttft_slo_s: float, itl_slo_s: float) -> tuple[float, float, float]:
+        """Shares of arrived requests meeting both SLOs, TTFT, and ITL (SLOs fixed at construction)."""
+        if (ttft_slo_s, itl_slo_s) != (self.ttft_slo_s, self.itl_slo_s):
+            raise ValueError("the fluid model scores the SLOs it was built with")
+        if self._arrived <= 0:
+            return math.nan, math.nan, math.nan
+        return self._both_ok / self._arrived, self._ttft_ok / self._arrived, self._itl_ok / self._arrived
+
+    # --- main loop -----------------------------------------------------------------------
+
+    def advance(self, until: float) -> None:
+        step_s = self.recorder.step_s
+        last = min(int(until + 1e-9), self.seconds)
+        while self._second < last:
+            chunk_end = min(last, (int(self._second // step_s) + 1) * int(step_s))
+            self._advance_chunk(self._second, chunk_end)
+            self._second = chunk_end
+
+    def _ready_engines(self, now: float) -> int:
+        return len(self.prefill.ready(now)) * self.engines_per_prefill
+
+    def _ready_capacity(self, now: float) -> tuple[float, float]:
+        """Return (KV tokens of replicas taking work, KV tokens of all ready replicas incl. draining)."""
+        serving = len(self.decode.ready(now)) * self.decode_capacity
+        holding = sum(self.decode_capacity for r in self.decode.replicas if r.ready_at <= now and r.gone_at is None)
+        draining = sum(
+            self.decode_capacity for r in self.decode.replicas if r.draining and r.gone_at is not None and r.ready_at <= now < r.gone_at
+        )
+        return serving, holding + draining
+
+    def _advance_chunk(self, first: int, last: int) -> None:
+        engines = float(self._ready_engines(first))
+        serving_tokens, holding_tokens = self._ready_capacity(first)
+        max_running = serving_tokens / self.need_mean
+        service_mean = self.service_mean
+        context = self.context
+        table = self._itl_table
+        table_last = len(table) - 1
+        decode_tokens_mean = self.decode_tokens_mean
+        rate = self._rate
+        backlog = self._backlog
+        queue = self._queue
+        running = self._running
+        itl = self._itl
+
+        arrivals: list[float] = []
+        waits: list[float] = []
+        itls: list[float] = []
+        tokens_list: list[float] = []
+        usage_sum = 0.0
+        departed_sum = 0.0
+        for second in range(first, last):
+            arriving = rate[second]
+            work = arriving * service_mean
+            if engines > 0:
+                wait = backlog / engines
+                processed = backlog + work if backlog + work < engines else engines
+            else:
+                wait = math.inf
+                processed = 0.0
+            backlog += work - processed
+            queue += processed / service_mean
+
+            space = max_running - running
+            admitted = queue if queue < space else (space if space > 0 else 0.0)
+            queue -= admitted
+            running += admitted
+
+            if holding_tokens > 0 and running > 0:
+                usage = running * context / holding_tokens
+                position = (usage if usage < 1.0 else 1.0) * table_last
+                low = int(position)
+                if low >= table_last:
+                    itl = table[table_last]
+                else:
+                    fraction = position - low
+                    itl = table[low] * (1 - fraction) + table[low + 1] * fraction
+            else:
+                usage = 0.0
+            tokens = running / itl
+            departed = tokens / decode_tokens_mean if decode_tokens_mean > 0 else running
+            if departed > running:
+                departed = running
+            running -= departed
+            decode_wait = queue / departed if queue > 0 and departed > 0 else (0.0 if queue <= 0 else math.inf)
+
+            arrivals.append(arriving)
+            waits.append(wait + decode_wait)
+            itls.append(itl)
+            tokens_list.append(tokens)
+            usage_sum += usage
+            departed_sum += departed
+
+        self._backlog, self._queue, self._running, self._itl = backlog, queue, running, itl
+        self._record(first, last, np.array(arrivals), np.array(waits), np.array(itls), np.array(tokens_list), usage_sum, departed_sum, engines, holding_tokens)
+
+    def _record(self, first, last, arrivals, waits, itls, tokens, usage_sum, departed_sum, engines, holding_tokens) -> None:
+        recorder = self.recorder
+        step = min(int(first // recorder.step_s), recorder.steps - 1)
+        service = self._service_sorted
+        count = service.size
+
+        # Share of the length mix whose TTFT (wait + own prefill) is at most each bound.
+        finite = np.where(np.isfinite(waits), waits, 1e12)
+        below = np.searchsorted(service, TTFT_BUCKETS[None, :] - finite[:, None], side="right") / count
+        shares = np.diff(np.concatenate([np.zeros((below.shape[0], 1)), below, np.ones((below.shape[0], 1))], axis=1), axis=1)
+        recorder.ttft[step] += arrivals @ shares
+        recorder.ttft_sum[step] += float(np.sum(arrivals * (finite + self.service_mean)))
+        recorder.queue[step] += bucket_counts(finite, TTFT_BUCKETS, weights=arrivals)
+        recorder.queue_sum[step] += float(np.sum(arrivals * finite))
+        recorder.itl[step] += bucket_counts(itls, ITL_BUCKETS, weights=tokens)
+        recorder.itl_sum[step] += float(np.sum(itls * tokens))
+        total = float(arrivals.sum())
+        recorder.arrivals[step] += total
+        recorder.isl_sum[step] += total * self.isl_mean
+        recorder.completions[step] += departed_sum
+        recorder.osl_sum[step] += departed_sum * self.osl_mean
+
+        seconds = last - first
+        recorder.kv_usage[DECODE][step] = usage_sum / seconds if holding_tokens > 0 else math.nan
+        recorder.waiting[DECODE][step] = self._queue
+        recorder.running[DECODE][step] = self._running
+        recorder.waiting[PREFILL][step] = self._backlog / self.service_mean
+        in_service = min(engines, total / seconds * self.service_mean) if engines > 0 else 0.0
+        recorder.running[PREFILL][step] = in_service
+        prefill_tokens = engines * self.profile.max_kv_tokens
+        recorder.kv_usage[PREFILL][step] = in_service * self.isl_mean / prefill_tokens if prefill_tokens > 0 else math.nan
+
+        ttft_share = np.searchsorted(service, self.ttft_slo_s - finite, side="right") / count
+        itl_ok = (itls <= self.itl_slo_s).astype(float)
+        self._arrived += total
+        self._ttft_ok += float(arrivals @ ttft_share)
+        self._itl_ok += float(arrivals @ itl_ok)
+        self._both_ok += float(arrivals @ (ttft_share * itl_ok))

@@ -1,0 +1,196 @@
+"""Signals of a simulated deployment, computed the way Prometheus would compute them.
+
+The serving models write per-step counters and gauges into a `SignalRecorder`: histogram
+bucket counts of TTFT, ITL (one observation per output token) and queue time, request and
+token counters, and gauges. At a tick, `SignalRecorder.samples` turns the last window into
+one `Sample` per signal: quantiles by `histogram_quantile` over the summed buckets (linear
+interpolation inside a bucket), means as sum/count, rates as increase/window, and gauges as
+their mean (or maximum) over the window. A window without observations is idle (0/0),
+never zero.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from metrics.sample import Sample
+
+PREFILL = "prefill"
+DECODE = "decode"
+ROLES = (PREFILL, DECODE)
+
+
+def log_buckets(minimum: float, maximum: float, count: int) -> np.ndarray:
+    """Return histogram upper bounds as the Dynamo frontend builds them.
+
+    The first bound is 0, then `count - 1` log-spaced values from `minimum` to `maximum`
+    rounded to two significant figures, with repeats removed.
+    """
+    values = [0.0]
+    for index in range(1, count):
+        value = math.exp(math.log(minimum) + (math.log(maximum) - math.log(minimum)) * index / (count - 1))
+        magnitude = math.floor(math.log10(abs(value)))
+        scale = 10 ** (1 - magnitude)
+        rounded = round(value * scale) / scale
+        if rounded != values[-1]:
+            values.append(rounded)
+    return np.array(values)
+
+
+# Default bounds of the Dynamo frontend histograms (TTFT 1 ms..480 s in 18 bounds, ITL
+# 1 ms..2 s in 13 bounds), as set in its http service metrics module.
+TTFT_BUCKETS = log_buckets(0.001, 480.0, 18)
+ITL_BUCKETS = log_buckets(0.001, 2.0, 13)
+
+
+def histogram_quantile(quantile: float, bounds: np.ndarray, counts: np.ndarray) -> float:
+    """Return the quantile of a histogram with PromQL `histogram_quantile` semantics.
+
+    `counts` holds one count per bucket, not cumulative, with the +Inf bucket last
+    (`len(counts) == len(bounds) + 1`). Returns NaN for an empty histogram. A rank in the
+    +Inf bucket returns the largest finite bound; inside a bucket the value is interpolated
+    linearly between its lower and upper bound (the lower bound of the first bucket is 0).
+    """
+    total = float(np.sum(counts))
+    if total <= 0:
+        return math.nan
+    cumulative = np.cumsum(counts)
+    rank = quantile * total
+    index = int(np.searchsorted(cumulative, rank, side="left"))
+    if index >= bounds.size:
+        return float(bounds[-1])
+    upper = float(bounds[index])
+    if index == 0:
+        if upper <= 0:
+            return upper
+        lower = 0.0
+        below = 0.0
+    else:
+        lower = float(bounds[index - 1])
+        below = float(cumulative[index - 1])
+    in_bucket = float(counts[index])
+    if in_bucket <= 0:
+        return upper
+    return lower + (upper - lower) * (rank - below) / in_bucket
+
+
+def bucket_counts(values: np.ndarray, bounds: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Count values per bucket (`le` semantics: a value equal to a bound falls in that bucket)."""
+    index = np.searchsorted(bounds, values, side="left")
+    return np.bincount(index, weights=weights, minlength=bounds.size + 1).astype(float)
+
+
+_QUANTILE = re.compile(r"^(ttft|itl|queue_time)_p(\d{2,3})$")
+
+HISTOGRAM_SIGNALS = ("ttft", "itl", "queue_time")
+
+SUPPORTED_SIGNALS = (
+    "ttft_p50 ttft_p90 ttft_p95 ttft_p99 ttft_mean itl_p50 itl_p90 itl_p95 itl_p99 itl_mean "
+    "queue_time_p50 queue_time_p90 queue_time_p95 queue_time_p99 queue_time_mean request_rate isl_mean "
+    "osl_mean kv_cache_usage kv_cache_usage_max requests_waiting requests_running decode_throughput"
+).split()
+
+
+def is_supported(signal: str) -> bool:
+    return signal in SUPPORTED_SIGNALS or _QUANTILE.match(signal) is not None
+
+
+@dataclass
+class SignalRecorder:
+    """Per-step counters and gauges of one simulated deployment (step `step_s` seconds).
+
+    Histogram rows are bucket counts per step. Counters are per-step increments. Gauges are
+    per-step values per role. The serving models write into these arrays directly.
+    """
+
+    steps: int
+    step_s: float
+
+    def __post_init__(self) -> None:
+        steps = self.steps
+        self.ttft = np.zeros((steps, TTFT_BUCKETS.size + 1))
+        self.ttft_sum = np.zeros(steps)
+        self.queue = np.zeros((steps, TTFT_BUCKETS.size + 1))
+        self.queue_sum = np.zeros(steps)
+        self.itl = np.zeros((steps, ITL_BUCKETS.size + 1))
+        self.itl_sum = np.zeros(steps)
+        self.arrivals = np.zeros(steps)
+        self.isl_sum = np.zeros(steps)
+        self.completions = np.zeros(steps)
+        self.osl_sum = np.zeros(steps)
+        self.kv_usage = {role: np.full(steps, np.nan) for role in ROLES}
+        self.waiting = {role: np.zeros(steps) for role in ROLES}
+        self.running = {role: np.zeros(steps) for role in ROLES}
+
+    def samples(self, now: float, window_s: float, role: str, signals: Iterable[str]) -> dict[str, Sample]:
+        """Return one sample per signal over the window ending at `now`, for a target of `role`."""
+        end = min(int(round(now / self.step_s)), self.steps)
+        start = max(0, end - max(1, int(round(window_s / self.step_s))))
+        window = (end - start) * self.step_s
+        result = {}
+        for signal in signals:
+            result[signal] = self._sample(signal, start, end, window, role)
+        return result
+
+    def _sample(self, signal: str, start: int, end: int, window: float, role: str) -> Sample:
+        if end <= start:
+            return Sample.idle("no simulated time in the window yet")
+        match = _QUANTILE.match(signal)
+        if match:
+            family, percent = match.groups()
+            counts, bounds = self._histogram(family, start, end)
+            return Sample.of(histogram_quantile(int(percent) / (100 if len(percent) == 2 else 1000), bounds, counts))
+        if signal.endswith("_mean") and signal.rsplit("_", 1)[0] in HISTOGRAM_SIGNALS:
+            family = signal.rsplit("_", 1)[0]
+            counts, _ = self._histogram(family, start, end)
+            total = {"ttft": self.ttft_sum, "itl": self.itl_sum, "queue_time": self.queue_sum}[family][start:end].sum()
+            return _ratio(total, counts.sum())
+        if signal == "request_rate":
+            return Sample.of(self.arrivals[start:end].sum() / window)
+        if signal == "isl_mean":
+            return _ratio(self.isl_sum[start:end].sum(), self.arrivals[start:end].sum())
+        if signal == "osl_mean":
+            return _ratio(self.osl_sum[start:end].sum(), self.completions[start:end].sum())
+        if signal == "decode_throughput":
+            return Sample.of(self.itl[start:end].sum() / window)
+        if signal in ("kv_cache_usage", "kv_cache_usage_max"):
+            values = self.kv_usage[role][start:end]
+            values = values[~np.isnan(values)]
+            if values.size == 0:
+                return Sample.idle("no ready replica in the window")
+            return Sample.of(float(values.mean() if signal == "kv_cache_usage" else values.max()))
+        if signal == "requests_waiting":
+            return Sample.of(float(self.waiting[role][end - 1]))
+        if signal == "requests_running":
+            return Sample.of(float(self.running[role][end - 1]))
+        return Sample.unknown(f"signal {signal} is not simulated by the backtest; simulated: {', '.join(SUPPORTED_SIGNALS)}")
+
+    def _histogram(self, family: str, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        if family == "ttft":
+            return self.ttft[start:end].sum(axis=0), TTFT_BUCKETS
+        if family == "itl":
+            return self.itl[start:end].sum(axis=0), ITL_BUCKETS
+        return self.queue[start:end].sum(axis=0), TTFT_BUCKETS
+
+
+def _ratio(total: float, count: float) -> Sample:
+    if count <= 0:
+        return Sample.idle("0/0 over the window")
+    return Sample.of(float(total) / float(count))
+
+
+def observations_for(
+    recorder: SignalRecorder,
+    *,
+    now: float,
+    window_s: float,
+    roles: Mapping[str, str],
+    signals: Mapping[str, list[str]],
+) -> dict[str, dict[str, Sample]]:
+    """Return `{target: {signal: Sample}}` for every target, from its role's view of the recorder."""
+    return {target: recorder.samples(now, window_s, roles[target], signals[target]) for target in roles}
