@@ -125,12 +125,16 @@ class Controller:
         return result
 
     def _specs(self, targets: Sequence[LiveTarget], result: TickResult) -> list[TargetSpec]:
-        specs = []
+        """Build specs rule by rule, so a rule whose policies cannot be built skips only its targets."""
+        by_rule: dict[str, list] = {}
         for live in targets:
+            by_rule.setdefault(live.target.rule, []).append(live.target)
+        specs = []
+        for rule, discovered in by_rule.items():
             try:
-                specs.extend(build_specs(self.config, [live.target]))
-            except Exception as error:  # one bad target must not stop the others
-                message = f"{live.target.ref}: cannot build its policies: {error}"
+                specs.extend(build_specs(self.config, discovered))
+            except Exception as error:  # a plugin may raise anything; the other rules still run
+                message = f"target rule {rule!r}: cannot build its policies, skipping {len(discovered)} targets: {error}"
                 logger.error(message)
                 result.errors.append(message)
         return specs

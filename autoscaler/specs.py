@@ -96,10 +96,14 @@ def build_specs(
     """Build one engine spec per discovered target, in the order given."""
     registry = registry or default_registry()
     rules = {rule.name: rule for rule in config.targets}
+    # Policies keep their per-target state in the engine, so one instance serves every target of a rule.
+    policies_by_rule: dict[str, tuple] = {}
     specs = []
     for target in discovered:
         rule = rules[target.rule]
-        policies = tuple(registry.create(policy.name, policy.params) for policy in rule.policies)
+        if rule.name not in policies_by_rule:
+            policies_by_rule[rule.name] = tuple(registry.create(policy.name, policy.params) for policy in rule.policies)
+        policies = policies_by_rule[rule.name]
         signals = [signal for policy in policies for signal in policy.signals()]
         specs.append(
             TargetSpec(
