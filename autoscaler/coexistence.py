@@ -11,7 +11,6 @@ running `kubectl scale` or another planner.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -119,26 +118,25 @@ def match_template(kind: Kind | str, name: str, pcs: Mapping[str, Any]) -> list[
         if isinstance(entry, Mapping)
     }
     members = {clique for names in groups.values() for clique in names}
-    prefix = re.escape(pcs_name) + r"-(\d+)-"
 
     matches: list[TemplateMatch] = []
     if kind is Kind.PODCLIQUESET and name == pcs_name:
         matches.append(TemplateMatch(kind, pcs_name))
-    if kind is Kind.PODCLIQUESCALINGGROUP:
-        for group in groups:
-            found = re.fullmatch(prefix + re.escape(group), name)
-            if found:
-                matches.append(TemplateMatch(kind, group, int(found.group(1))))
-    if kind is Kind.PODCLIQUE:
-        for clique in cliques:
-            found = re.fullmatch(prefix + re.escape(clique), name)
-            if found and clique not in members:
-                matches.append(TemplateMatch(kind, clique, int(found.group(1))))
-        for group, group_cliques in groups.items():
-            for clique in group_cliques:
-                found = re.fullmatch(prefix + re.escape(group) + r"-(\d+)-" + re.escape(clique), name)
-                if found:
-                    matches.append(TemplateMatch(kind, clique, int(found.group(1)), group, int(found.group(2))))
+    # String slicing rather than a regular expression per name: a tick checks thousands of
+    # objects, each with its own PodCliqueSet name, which would defeat the regex cache.
+    rest = _after_index(name, f"{pcs_name}-")
+    if rest is not None:
+        index, tail = rest
+        if kind is Kind.PODCLIQUESCALINGGROUP:
+            matches.extend(TemplateMatch(kind, group, index) for group in groups if tail == group)
+        if kind is Kind.PODCLIQUE:
+            matches.extend(TemplateMatch(kind, clique, index) for clique in cliques if tail == clique and clique not in members)
+            for group, group_cliques in groups.items():
+                inner = _after_index(tail, f"{group}-")
+                if inner is not None:
+                    group_index, clique_name = inner
+                    if clique_name in group_cliques:
+                        matches.append(TemplateMatch(kind, clique_name, index, group, group_index))
 
     if not matches:
         raise CoexistenceError(f"{kind.kind_name} {name!r} is not a child of PodCliqueSet {pcs_name!r} by Grove's naming")
@@ -180,6 +178,16 @@ def other_writers(obj: Mapping[str, Any], our_manager: str = DEFAULT_MANAGER, *,
 
 
 # --- Helpers --------------------------------------------------------------------------------
+
+
+def _after_index(name: str, prefix: str) -> tuple[int, str] | None:
+    """Split `<prefix><digits>-<tail>` into (digits, tail); None when the name has another shape."""
+    if not name.startswith(prefix):
+        return None
+    digits, dash, tail = name[len(prefix):].partition("-")
+    if not dash or not digits.isdigit() or not tail:
+        return None
+    return int(digits), tail
 
 
 def _pcs_name(pcs: Mapping[str, Any]) -> str:

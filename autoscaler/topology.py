@@ -123,6 +123,32 @@ def _min_available(obj: dict[str, Any], template_spec: dict[str, Any], default: 
     return default
 
 
+class _ListCache:
+    """One list call per kind, namespace and selector per tick, with children grouped by owner."""
+
+    def __init__(self, kube: KubeClient) -> None:
+        self.kube = kube
+        self._podcliquesets: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._children: dict[tuple[str, Kind], dict[str, list[dict[str, Any]]]] = {}
+
+    def podcliquesets(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        key = (namespace, selector)
+        if key not in self._podcliquesets:
+            self._podcliquesets[key] = self.kube.list_objects(Kind.PODCLIQUESET, namespace, selector)
+        return self._podcliquesets[key]
+
+    def children(self, namespace: str, kind: Kind, pcs_name: str) -> list[dict[str, Any]]:
+        """Return the Grove-managed objects of `kind` labelled as part of `pcs_name`."""
+        key = (namespace, kind)
+        if key not in self._children:
+            grouped: dict[str, list[dict[str, Any]]] = {}
+            for obj in self.kube.list_objects(kind, namespace, GROVE_CHILDREN):
+                owner = obj.get("metadata", {}).get("labels", {}).get(LABEL_PART_OF)
+                grouped.setdefault(owner, []).append(obj)
+            self._children[key] = grouped
+        return self._children[key].get(pcs_name, [])
+
+
 class TopologyReader:
     """Lists the objects behind every rule, with one list call per kind and namespace per tick."""
 
@@ -132,29 +158,25 @@ class TopologyReader:
     def discover(self, config: Config) -> Discovery:
         discovery = Discovery()
         levels = {rule.name: rule.level for rule in config.targets}
-        children: dict[tuple[str, Kind], list[dict[str, Any]]] = {}
+        cache = _ListCache(self.kube)
         for rule in config.targets:
             try:
-                self._discover_rule(rule, children, discovery)
+                self._discover_rule(rule, cache, discovery)
             except ApiException as error:
                 message = f"target rule {rule.name!r}: listing objects in namespace {rule.pod_clique_sets.namespace!r} failed: HTTP {error.status} {error.reason}"
                 logger.error(message)
                 discovery.errors.append(message)
-        discovery.targets = [
-            dataclasses.replace(live, target=_with_gpus(live.target, live.podcliqueset, levels[live.target.rule], config.gpu_resources))
-            for live in discovery.targets
-        ]
+        if config.budgets:
+            # GPUs per replica matter only to budgets; counting them costs a template walk per target.
+            discovery.targets = [
+                dataclasses.replace(live, target=_with_gpus(live.target, live.podcliqueset, levels[live.target.rule], config.gpu_resources))
+                for live in discovery.targets
+            ]
         return discovery
 
-    def _children(self, cache: dict[tuple[str, Kind], list[dict[str, Any]]], namespace: str, kind: Kind) -> list[dict[str, Any]]:
-        key = (namespace, kind)
-        if key not in cache:
-            cache[key] = self.kube.list_objects(kind, namespace, GROVE_CHILDREN)
-        return cache[key]
-
-    def _discover_rule(self, rule: TargetConfig, cache: dict, discovery: Discovery) -> None:
+    def _discover_rule(self, rule: TargetConfig, cache: _ListCache, discovery: Discovery) -> None:
         namespace = rule.pod_clique_sets.namespace
-        podcliquesets = self.kube.list_objects(Kind.PODCLIQUESET, namespace, rule.pod_clique_sets.selector.to_string())
+        podcliquesets = cache.podcliquesets(namespace, rule.pod_clique_sets.selector.to_string())
         if rule.pod_clique_sets.names:
             podcliquesets = [pcs for pcs in podcliquesets if pcs["metadata"]["name"] in rule.pod_clique_sets.names]
         for pcs in podcliquesets:
@@ -163,9 +185,9 @@ class TopologyReader:
                 ref = TargetRef(namespace, Kind.PODCLIQUESET, pcs_name)
                 discovery.targets.append(_live(DiscoveredTarget(ref=ref, rule=rule.name, pcs=pcs_name), pcs, pcs))
             elif rule.level == "scalingGroup":
-                self._scaling_groups(rule, pcs, self._children(cache, namespace, Kind.PODCLIQUESCALINGGROUP), discovery)
+                self._scaling_groups(rule, pcs, cache.children(namespace, Kind.PODCLIQUESCALINGGROUP, pcs_name), discovery)
             else:
-                self._cliques(rule, pcs, self._children(cache, namespace, Kind.PODCLIQUE), discovery)
+                self._cliques(rule, pcs, cache.children(namespace, Kind.PODCLIQUE, pcs_name), discovery)
 
     def _scaling_groups(self, rule: TargetConfig, pcs: dict, groups: list[dict], discovery: Discovery) -> None:
         pcs_name = pcs["metadata"]["name"]

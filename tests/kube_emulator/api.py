@@ -48,12 +48,12 @@ class ResourceApi:
     def __init__(self, registry: ResourceRegistry, store: Store, *,
                  mutate: Callable[[ResourceType, dict[str, Any]], None] | None = None,
                  validate: Callable[[ResourceType, dict[str, Any]], None] | None = None,
-                 after_write: Callable[[ResourceType], None] | None = None) -> None:
+                 after_write: Callable[[ResourceType, dict[str, Any]], None] | None = None) -> None:
         self.registry = registry
         self.store = store
         self.mutate = mutate or (lambda resource_type, obj: None)
         self.validate = validate or (lambda resource_type, obj: None)
-        self.after_write = after_write or (lambda resource_type: None)
+        self.after_write = after_write or (lambda resource_type, obj: None)
         self._namespace_type = registry.by_path("/api/v1", "namespaces")
 
     def create(self, resource_type: ResourceType, namespace: str, body: Any, *, dry_run: bool = False,
@@ -91,7 +91,7 @@ class ResourceApi:
                 raise already_exists(resource_type, name)
             created = self.store.create(resource_type, obj, dry_run=dry_run)
         if not dry_run:
-            self.after_write(resource_type)
+            self.after_write(resource_type, created)
         return created, warnings
 
     def get(self, resource_type: ResourceType, namespace: str, name: str) -> dict[str, Any]:
@@ -140,7 +140,7 @@ class ResourceApi:
         deleted = self.store.delete(resource_type, namespace, name, precondition_version=precondition_version,
                                     dry_run=dry_run, registry_types=self.registry.types)
         if not dry_run:
-            self.after_write(resource_type)
+            self.after_write(resource_type, deleted)
         return deleted
 
     def get_scale(self, resource_type: ResourceType, namespace: str, name: str) -> dict[str, Any]:
@@ -182,7 +182,7 @@ class ResourceApi:
                 scale["spec"]["replicas"] = replicas
                 return scale
         # The response shows the write alone, before any controller reacts to it.
-        self.after_write(resource_type)
+        self.after_write(resource_type, target)
         return scale
 
     def patch_scale(self, resource_type: ResourceType, namespace: str, name: str, patch: Any, content_type: str,
@@ -217,7 +217,7 @@ class ResourceApi:
             self.validate(resource_type, obj)
         written = self.store.update(resource_type, obj, precondition_version=precondition, dry_run=dry_run)
         if not dry_run:
-            self.after_write(resource_type)
+            self.after_write(resource_type, written)
         return written, warnings
 
     def _check_body(self, resource_type: ResourceType, namespace: str, body: Any) -> dict[str, Any]:

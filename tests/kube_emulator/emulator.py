@@ -217,9 +217,22 @@ class KubeEmulator:
         self.access.allow(AllowRule(user=user, group=group, verbs=tuple(verbs), api_group=api_group,
                                     resources=tuple(resources), namespace=namespace))
 
-    def _after_write(self, resource_type: ResourceType) -> None:
-        if self.reconcile_mode is ReconcileMode.IMMEDIATE and resource_type in self.grove.grove_types:
+    def _after_write(self, resource_type: ResourceType, obj: dict[str, Any]) -> None:
+        """In IMMEDIATE mode, reconcile the PodCliqueSet the written object belongs to.
+
+        Reconciling only that set keeps bulk creates linear in the number of sets.
+        """
+        if self.reconcile_mode is not ReconcileMode.IMMEDIATE or resource_type not in self.grove.grove_types:
+            return
+        metadata = obj.get("metadata", {})
+        if obj.get("kind") == "PodCliqueSet":
+            pcs_name = metadata.get("name")
+        else:
+            pcs_name = (metadata.get("labels") or {}).get("app.kubernetes.io/part-of")
+        if pcs_name is None:
             self.grove.reconcile()
+        else:
+            self.grove.reconcile(only=(metadata.get("namespace", ""), pcs_name))
 
     def _reconcile_loop(self) -> None:
         while not self._stop.wait(self.reconcile_interval):

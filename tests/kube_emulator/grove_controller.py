@@ -87,10 +87,18 @@ class GroveController:
             else:
                 self._ready_pins[(namespace, podclique)] = ready
 
-    def reconcile(self) -> None:
-        """Create and delete children to match every spec, then bring all statuses and HPAs up to date."""
+    def reconcile(self, only: tuple[str, str] | None = None) -> None:
+        """Create and delete children to match every spec, then bring all statuses and HPAs up to date.
+
+        `only` (namespace, name) limits the pass to one PodCliqueSet; a set that no longer
+        exists needs nothing, because deleting it cascades to its children.
+        """
         with self.store.condition:
-            podcliquesets, _ = self.store.list(self.pcs_type, None)
+            if only is None:
+                podcliquesets, _ = self.store.list(self.pcs_type, None)
+            else:
+                found = self.store.try_get(self.pcs_type, *only)
+                podcliquesets = [] if found is None else [found]
             for pcs in podcliquesets:
                 self._sync_podcliqueset_children(pcs)
             for pcs in podcliquesets:
