@@ -82,6 +82,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_controller(config, args)
 
 
+def cmd_adapter(args: argparse.Namespace) -> int:
+    """Serve the external metrics API from a controller that decides every tick and never writes."""
+    from autoscaler.runtime import run_controller
+
+    config = _load_or_exit(args.config)
+    args.dry_run = True
+    args.once = False
+    args.leader_elect = False
+    return run_controller(config, args, serve_metrics_api=True)
+
+
+def _add_cluster(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="path of the YAML configuration")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    parser.add_argument("--context", help="kubeconfig context")
+    parser.add_argument("--reload-seconds", type=float, default=10.0, help="how often to check the config file for changes, in seconds (0 disables)")
+    parser.add_argument("--metrics-port", type=int, default=0, help="serve /metrics, /healthz and /readyz on this port (default 0: off)")
+    parser.add_argument("--metrics-host", default="0.0.0.0", help="address for --metrics-port (default 0.0.0.0)")
+
+
+def _add_adapter_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapter-port", type=int, default=6443, help="HTTPS port of the external metrics API (default 6443)")
+    parser.add_argument("--adapter-host", default="0.0.0.0", help="address of the external metrics API (default 0.0.0.0)")
+    parser.add_argument("--tls-cert-file", help="serving certificate (PEM); a self-signed one is made when absent")
+    parser.add_argument("--tls-key-file", help="private key of --tls-cert-file (PEM)")
+    parser.add_argument(
+        "--requestheader-client-ca-file",
+        help="CA of the aggregator's front-proxy client certificates (default: read from the extension-apiserver-authentication ConfigMap)",
+    )
+    parser.add_argument("--adapter-insecure-no-auth", action="store_true", help="serve without authentication or authorisation (testing only)")
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from autoscaler.explain import explain_decisions_json, explain_decisions_text
 
@@ -136,14 +168,25 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=cmd_validate)
 
     run = commands.add_parser("run", help="run the control loop against the cluster")
-    run.add_argument("--config", required=True, help="path of the YAML configuration")
+    _add_cluster(run)
     run.add_argument("--dry-run", action="store_true", help="log decisions and write nothing")
     run.add_argument("--once", action="store_true", help="run one tick and exit")
-    run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
-    run.add_argument("--context", help="kubeconfig context")
-    run.add_argument("--reload-seconds", type=float, default=10.0, help="how often to check the config file for changes, in seconds (0 disables)")
+    run.add_argument("--leader-elect", action="store_true", help="write only while holding the coordination.k8s.io Lease")
+    run.add_argument("--lease-name", default="grove-autoscaler", help="name of the leader-election Lease (default grove-autoscaler)")
+    run.add_argument("--lease-namespace", help="namespace of the Lease (default: the pod's namespace)")
+    run.add_argument("--lease-duration-seconds", type=float, default=15.0, help="how long a Lease holds without renewal, in seconds (default 15)")
+    run.add_argument("--renew-deadline-seconds", type=float, default=10.0, help="the leader stops writing when it could not renew for this long, in seconds (default 10)")
+    run.add_argument("--retry-period-seconds", type=float, default=2.0, help="time between Lease renewals and acquisition attempts, in seconds (default 2)")
+    run.add_argument("--adapter", action="store_true", help="also serve the external metrics API in this process")
+    _add_adapter_options(run)
     _add_common(run)
     run.set_defaults(handler=cmd_run)
+
+    adapter = commands.add_parser("adapter", help="serve the external metrics API from decisions, without writing /scale")
+    _add_cluster(adapter)
+    _add_adapter_options(adapter)
+    _add_common(adapter)
+    adapter.set_defaults(handler=cmd_adapter)
 
     replay = commands.add_parser("replay", help="run the engine over recorded signals (open loop)")
     replay.add_argument("--config", required=True, help="path of the YAML configuration")

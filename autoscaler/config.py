@@ -173,6 +173,7 @@ class TargetConfig(Strict):
     signal_labels: dict[str, SeriesLabels] = Field(default_factory=dict, alias="signalLabels")
     priority: int = 0
     ignore_other_autoscalers: bool = Field(default=False, alias="ignoreOtherAutoscalers")
+    publish_only: bool = Field(default=False, alias="publishOnly")
 
     @model_validator(mode="after")
     def _check_level(self) -> TargetConfig:

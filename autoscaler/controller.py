@@ -25,6 +25,7 @@ from autoscaler.kube import KubeClient, ScaleWriteError
 from autoscaler.coordination import CoordinationError, RatioBand
 from autoscaler.specs import budget_limits, build_bands, build_specs
 from autoscaler.targets import TargetRef
+from autoscaler.ops import Telemetry
 from autoscaler.topology import LiveTarget, TopologyReader
 from metrics.source import MetricSource
 
@@ -62,6 +63,7 @@ class Controller:
         clock: Callable[[], float] = time.time,
         sinks: Sequence[DecisionSink] = (),
         may_write: Callable[[], bool] = lambda: True,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.config = config
         self.kube = kube
@@ -71,6 +73,7 @@ class Controller:
         self.clock = clock
         self.sinks = list(sinks)
         self.may_write = may_write
+        self.telemetry = telemetry
         self.state = EngineState()
         self._lock = threading.Lock()
         # Reasons already reported per target, so a standing conflict yields one Event, not one per tick.
@@ -143,6 +146,8 @@ class Controller:
         """Drop targets that an HPA or Grove's own autoscaling already scales, unless the rule overrides.
 
         Two writers on one `/scale` fight, so such a target is skipped with an Event and a log line.
+        A publishOnly rule never writes, so its targets are kept: the adapter serves their decisions
+        to the HPA that scales them.
         When the HPAs of a namespace cannot be listed, its targets are skipped too: acting without
         knowing whether another writer exists is the fight this check prevents.
         """
@@ -152,7 +157,7 @@ class Controller:
         for live in targets:
             ref = live.target.ref
             rule = rules[live.target.rule]
-            if rule.ignore_other_autoscalers:
+            if rule.ignore_other_autoscalers or rule.publish_only:
                 owned.append(live)
                 continue
             if ref.namespace not in hpas:
@@ -205,6 +210,9 @@ class Controller:
             return
         assert decision.current is not None and decision.desired is not None
         direction = "up" if decision.desired > decision.current else "down"
+        if self._publish_only(decision.rule):
+            logger.debug("publish only: %s %d -> %d is served, not written", ref, decision.current, decision.desired)
+            return
         if self.dry_run:
             logger.info("dry-run: would scale %s %s %d -> %d: %s", ref.kind.value, _short(ref), decision.current, decision.desired, decision.reason)
             return
@@ -216,7 +224,11 @@ class Controller:
         except ScaleWriteError as error:
             logger.error("%s", error)
             result.errors.append(str(error))
+            if self.telemetry is not None:
+                self.telemetry.record_patch(decision.target, success=False)
             return
+        if self.telemetry is not None:
+            self.telemetry.record_patch(decision.target, success=True)
         logger.info("scaled %s %s %d -> %d: %s", ref.kind.value, _short(ref), decision.current, decision.desired, decision.reason)
         result.writes.append((decision.target, decision.current, write.new))
         self._last_written[decision.target] = write.new
@@ -226,6 +238,10 @@ class Controller:
             reason="ScaledUp" if direction == "up" else "ScaledDown",
             message=f"scaled {decision.current} -> {decision.desired}: {decision.reason}",
         )
+
+
+    def _publish_only(self, rule_name: str) -> bool:
+        return any(rule.name == rule_name and rule.publish_only for rule in self.config.targets)
 
 
 def _short(ref: TargetRef) -> str:
@@ -239,17 +255,23 @@ class Loop:
     overruns the interval makes the scheduler skip (coalesce) the missed runs.
     """
 
-    def __init__(self, controller: Controller, interval_seconds: float) -> None:
+    def __init__(self, controller: Controller, interval_seconds: float, telemetry: Telemetry | None = None) -> None:
         self.controller = controller
         self.interval_seconds = interval_seconds
+        self.telemetry = telemetry
         self.stopped = threading.Event()
         self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
 
     def _run_tick(self) -> None:
+        started = time.monotonic()
+        success = False
         try:
-            self.controller.tick()
+            result = self.controller.tick()
+            success = bool(result.decisions) or not result.errors
         except Exception:  # the loop must survive anything a tick raises
             logger.exception("tick failed")
+        if self.telemetry is not None:
+            self.telemetry.record_tick(duration_seconds=time.monotonic() - started, success=success)
 
     def stop(self, *_: object) -> None:
         self.stopped.set()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
+import socket
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +22,8 @@ from autoscaler.targets import GROUP, VERSION, Kind, TargetRef
 logger = logging.getLogger(__name__)
 
 FIELD_MANAGER = "grove-autoscaler"
+# The pod name in a cluster (set from the downward API), else the host name and process id.
+INSTANCE = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 CONFLICT_RETRIES = 3
 
 
@@ -104,7 +108,7 @@ class KubeClient:
             type=event_type,
             source=client.V1EventSource(component=FIELD_MANAGER),
             reporting_component=FIELD_MANAGER,
-            reporting_instance=FIELD_MANAGER,
+            reporting_instance=INSTANCE,
             first_timestamp=now,
             last_timestamp=now,
             count=1,

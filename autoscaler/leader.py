@@ -1,8 +1,8 @@
 """Leader election on a `coordination.k8s.io/v1` Lease, so only one replica writes `/scale`.
 
-The algorithm follows client-go's leaderelection package: a candidate takes the Lease when
-it is free or when its record has not changed for `lease_duration_seconds` as measured on the
-candidate's own clock (never by comparing timestamps written by another host), and every
+The algorithm follows client-go's leaderelection package. A candidate takes the Lease when
+it is free, or when its record has not changed for `lease_duration_seconds` as measured on
+the candidate's own clock. Timestamps written by another host are never compared. Every
 write carries the resourceVersion that was read, so of two racing candidates one gets 409
 Conflict and loses.
 
@@ -53,7 +53,7 @@ def default_namespace() -> str:
 
 @dataclass(frozen=True)
 class LeaseTiming:
-    """Lease timing in seconds; the defaults are client-go's (15 s, 10 s, 2 s)."""
+    """Lease timing in seconds, with client-go's defaults (15 s, 10 s, 2 s)."""
 
     lease_duration_seconds: float = 15.0
     renew_deadline_seconds: float = 10.0
@@ -71,9 +71,9 @@ class LeaseTiming:
 class LeaderElector:
     """Acquires, renews and releases one Lease for one candidate identity.
 
-    `run` loops until `stop()`; `try_acquire_or_renew` makes one attempt and is what the
-    loop calls every retry period. `on_started_leading` and `on_stopped_leading` run in the
-    loop thread and must return quickly.
+    `run` loops until `stop()`, calling `try_acquire_or_renew` (one attempt) every retry
+    period. `on_started_leading` and `on_stopped_leading` run in the loop thread and must
+    return quickly. `clock` is monotonic seconds; `wall_clock` stamps the Lease times.
     """
 
     def __init__(
@@ -100,12 +100,14 @@ class LeaderElector:
         self.wall_clock = wall_clock
         self.on_started_leading = on_started_leading
         self.on_stopped_leading = on_stopped_leading
-        # A hung request must not outlive the renew deadline by much; is_leader() is fenced
-        # by the clock either way.
+        # A hung request must not outlive the renew deadline by much, although is_leader() is
+        # fenced by the clock either way.
         self._request_timeout = timing.renew_deadline_seconds
 
         self._lock = threading.Lock()
         self._renewed_at: float | None = None
+        # The last Lease record seen and when it was first seen, on `clock`: expiry is judged
+        # from this local time, never from the record's own timestamps.
         self._observed_record: tuple | None = None
         self._observed_at = 0.0
         self._was_leader = False
@@ -119,7 +121,7 @@ class LeaderElector:
         return renewed_at is not None and self.clock() - renewed_at < self.timing.renew_deadline_seconds
 
     def try_acquire_or_renew(self) -> bool:
-        """Make one attempt to acquire or renew the Lease; return whether this candidate holds it."""
+        """Make one attempt to acquire or renew the Lease; return whether this candidate is the leader."""
         attempt_started = self.clock()
         try:
             lease = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=self._request_timeout)
@@ -143,9 +145,12 @@ class LeaderElector:
         return self._update(lease, attempt_started)
 
     def release(self) -> bool:
-        """Give up the Lease if this candidate holds it, so another can take it at once."""
+        """Give up the Lease if this candidate is its holder, so another can take it at once."""
         if not self.is_leader():
             return False
+
+        # Fence first: once the release below lands, another replica may write at once.
+        self._set_leader(None)
         try:
             lease = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=self._request_timeout)
             if lease.spec is None or lease.spec.holder_identity != self.identity:
@@ -155,15 +160,13 @@ class LeaderElector:
             lease.spec.renew_time = self.wall_clock()
             self.api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=self._request_timeout)
         except (ApiException, urllib3.exceptions.HTTPError) as error:
-            logger.warning("could not release Lease %s/%s: %s", self.namespace, self.name, error)
+            logger.warning("releasing Lease %s/%s failed: %s; the other replica takes over once the lease expires", self.namespace, self.name, error)
             return False
-        finally:
-            self._set_leader(None)
         logger.info("released Lease %s/%s as %s", self.namespace, self.name, self.identity)
         return True
 
     def run(self) -> None:
-        """Try to acquire or renew every retry period until `stop()`, then release if asked to."""
+        """Try to acquire or renew every retry period until `stop()`, then release if requested."""
         logger.info("leader election on Lease %s/%s as %s", self.namespace, self.name, self.identity)
         while not self._stop.is_set():
             self.try_acquire_or_renew()

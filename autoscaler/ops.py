@@ -1,8 +1,8 @@
 """Operational surface of the controller: Prometheus metrics, health probes and JSON logs.
 
-`Telemetry` owns a prometheus_client registry that the controller updates every tick;
-`serve_ops` serves it on `/metrics` with `/healthz` (the process answers) and `/readyz`
-(a tick has succeeded); `JsonFormatter` writes one JSON object per log record.
+`Telemetry` owns a prometheus_client registry that the controller updates every tick.
+`serve_ops` serves it on `/metrics`, with `/healthz` (the process is alive) and `/readyz`
+(a tick has succeeded). `JsonFormatter` writes one JSON object per log record.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Telemetry:
 
     Ready means at least one tick has succeeded since start. With `stall_after_seconds`,
     `/healthz` fails once no tick (successful or not) has ended for that long, so the
-    kubelet restarts a process whose loop hangs; set it to several tick intervals.
+    kubelet restarts a process whose loop hangs. Set it to several tick intervals.
     """
 
     def __init__(
@@ -133,9 +133,9 @@ class Telemetry:
             _set_or_remove(self.current_replicas, labels, decision.current)
 
         with self._lock:
-            gone = self._target_labels - seen
+            removed_targets = self._target_labels - seen
             self._target_labels = seen
-        for labels in gone:
+        for labels in removed_targets:
             _remove(self.desired_replicas, labels)
             _remove(self.current_replicas, labels)
 

@@ -9,9 +9,12 @@ import threading
 
 from kubernetes import client, config as kube_config
 
+from autoscaler.adapter import Authenticator, MetricStore, serve_adapter
 from autoscaler.config import Config, ConfigError, load_config
 from autoscaler.controller import Controller, Loop
 from autoscaler.kube import KubeClient
+from autoscaler.leader import LeaderElector, LeaseTiming, default_identity, default_namespace
+from autoscaler.ops import Telemetry, serve_ops
 
 logger = logging.getLogger(__name__)
 
@@ -79,14 +82,75 @@ class ConfigWatcher:
         self._stop.set()
 
 
-def run_controller(config: Config, args: argparse.Namespace) -> int:
+def _start_ops(args: argparse.Namespace, config: Config) -> Telemetry | None:
+    if not args.metrics_port:
+        return None
+    telemetry = Telemetry(stall_after_seconds=config.interval_seconds * 10)
+    server, _ = serve_ops(telemetry, host=args.metrics_host, port=args.metrics_port)
+    logger.info("serving /metrics, /healthz and /readyz on http://%s:%d", args.metrics_host, server.server_address[1])
+    return telemetry
+
+
+def _start_adapter(args: argparse.Namespace, api_client: client.ApiClient, store: MetricStore) -> None:
+    auth = None
+    if not args.adapter_insecure_no_auth:
+        auth = Authenticator.from_cluster(api_client, requestheader_client_ca_file=args.requestheader_client_ca_file)
+    server, _ = serve_adapter(
+        store,
+        host=args.adapter_host,
+        port=args.adapter_port,
+        cert_file=args.tls_cert_file,
+        key_file=args.tls_key_file,
+        auth=auth,
+    )
+    logger.info("serving external.metrics.k8s.io/v1beta1 on https://%s:%d", args.adapter_host, server.server_address[1])
+
+
+def _start_elector(args: argparse.Namespace, api_client: client.ApiClient) -> LeaderElector | None:
+    if not args.leader_elect:
+        return None
+    elector = LeaderElector(
+        api_client=api_client,
+        namespace=args.lease_namespace or default_namespace(),
+        name=args.lease_name,
+        identity=default_identity(),
+        timing=LeaseTiming(
+            lease_duration_seconds=args.lease_duration_seconds,
+            renew_deadline_seconds=args.renew_deadline_seconds,
+            retry_period_seconds=args.retry_period_seconds,
+        ),
+    )
+    elector.start()
+    return elector
+
+
+def run_controller(config: Config, args: argparse.Namespace, *, serve_metrics_api: bool = False) -> int:
+    """Run the control loop with the options of `run` (or `adapter`, which never writes)."""
     try:
         source = make_source(config)
     except ConfigError as error:
         logger.error("%s", error)
         return 2
-    kube = KubeClient(make_api_client(args.kubeconfig, args.context))
-    controller = Controller(config, kube, source, dry_run=args.dry_run)
+    api_client = make_api_client(args.kubeconfig, args.context)
+    kube = KubeClient(api_client)
+
+    telemetry = _start_ops(args, config)
+    sinks: list = [telemetry] if telemetry is not None else []
+    if serve_metrics_api or getattr(args, "adapter", False):
+        store = MetricStore(max_age_seconds=config.interval_seconds * 3)
+        sinks.append(store)
+        _start_adapter(args, api_client, store)
+    elector = None if args.dry_run else _start_elector(args, api_client)
+
+    controller = Controller(
+        config,
+        kube,
+        source,
+        dry_run=args.dry_run,
+        sinks=sinks,
+        may_write=elector.is_leader if elector is not None else (lambda: True),
+        telemetry=telemetry,
+    )
     if args.once:
         result = controller.tick()
         changed = sum(1 for decision in result.decisions if decision.changes_scale)
@@ -97,16 +161,21 @@ def run_controller(config: Config, args: argparse.Namespace) -> int:
             " (dry run, nothing written)" if args.dry_run else "",
             len(result.errors),
         )
+        if elector is not None:
+            elector.stop(release=True)
         return 1 if result.errors and not result.decisions else 0
+
     watcher = None
     if args.reload_seconds > 0:
         watcher = ConfigWatcher(args.config, controller, args.reload_seconds)
         watcher.start()
     try:
-        Loop(controller, config.interval_seconds).run()
+        Loop(controller, config.interval_seconds, telemetry).run()
     finally:
         if watcher is not None:
             watcher.stop()
+        if elector is not None:
+            elector.stop(release=True)
     return 0
 
 

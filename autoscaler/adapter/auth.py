@@ -37,11 +37,12 @@ logger = logging.getLogger(__name__)
 
 API_GROUP = "external.metrics.k8s.io"
 API_VERSION = "v1beta1"
-# NOTE: kube-apiserver would name a GET of this collection path `list`; `get` is checked here.
+# NOTE: kube-apiserver would name a GET of this collection path `list`, but `get` is checked here.
 # The HPA controller's bootstrap role grants both verbs on external.metrics.k8s.io.
 VERB = "get"
 
 AUTHENTICATION_CONFIGMAP = ("kube-system", "extension-apiserver-authentication")
+CERTIFICATE_CACHE_SECONDS = 300.0
 
 
 class Unauthenticated(Exception):
@@ -53,7 +54,7 @@ class Forbidden(Exception):
 
 
 class AuthorizationFailed(Exception):
-    """The SubjectAccessReview could not be made (HTTP 500): nothing is allowed without one."""
+    """The SubjectAccessReview request failed (HTTP 500). Nothing is allowed without a review."""
 
 
 class HeaderSource(Protocol):
@@ -127,6 +128,21 @@ def read_cluster_authentication(api_client: client.ApiClient) -> ClusterAuthenti
     return ClusterAuthentication(requestheader, client_ca.encode("ascii") if client_ca else None)
 
 
+def _read_cluster_authentication_or_explain(api_client: client.ApiClient, *, have_file: bool) -> ClusterAuthentication:
+    namespace, name = AUTHENTICATION_CONFIGMAP
+    try:
+        return read_cluster_authentication(api_client)
+    except ApiException as error:
+        if error.status == 404 and have_file:
+            logger.warning("ConfigMap %s/%s not found; using the requestheader CA file only", namespace, name)
+            return ClusterAuthentication(None, None)
+        hint = {
+            403: f"bind Role {name}-reader in {namespace} to the service account",
+            404: "give the requestheader CA with --requestheader-client-ca-file",
+        }.get(error.status or 0, "check the API server connection")
+        raise ValueError(f"cannot read ConfigMap {namespace}/{name}: HTTP {error.status} {error.reason}; {hint}") from error
+
+
 def _json_list(data: Mapping[str, str], key: str) -> tuple[str, ...]:
     text = data.get(key)
     if not text:
@@ -177,6 +193,14 @@ class _TtlCache(Generic[Value]):
 
 
 @dataclass(frozen=True)
+class _CertificateIdentity:
+    common_name: str
+    organizations: tuple[str, ...]
+    from_requestheader_ca: bool
+    from_client_ca: bool
+
+
+@dataclass(frozen=True)
 class _Review:
     allowed: bool
     reason: str
@@ -186,7 +210,7 @@ class Authenticator:
     """Authenticates and authorises adapter requests against the Kubernetes API.
 
     `api_client` makes the TokenReviews and SubjectAccessReviews. `requestheader` enables
-    front-proxy certificates, `client_ca_pem` plain client certificates; the server's TLS
+    front-proxy certificates and `client_ca_pem` plain client certificates. The server's TLS
     context must trust the CAs returned by `trusted_ca_pem`.
     """
 
@@ -208,6 +232,8 @@ class Authenticator:
         self._client_cas = load_certificates(client_ca_pem) if client_ca_pem else []
         self._tokens: _TtlCache[UserInfo | str] = _TtlCache(cache_ttl_seconds, cache_max_entries, clock)
         self._reviews: _TtlCache[_Review] = _TtlCache(cache_ttl_seconds, cache_max_entries, clock)
+        # The TLS handshake already verified each certificate, so only which CA issued it is cached.
+        self._certificates: _TtlCache[_CertificateIdentity] = _TtlCache(CERTIFICATE_CACHE_SECONDS, cache_max_entries, clock)
 
     @classmethod
     def from_cluster(
@@ -220,9 +246,10 @@ class Authenticator:
         """Configure from ConfigMap kube-system/extension-apiserver-authentication.
 
         A `requestheader_client_ca_file` replaces the ConfigMap's requestheader CA but keeps
-        its allowed names and header names.
+        its allowed names and header names; with it, a missing ConfigMap is not an error.
+        Raise ValueError when the ConfigMap cannot be read and no file is given.
         """
-        cluster = read_cluster_authentication(api_client)
+        cluster = _read_cluster_authentication_or_explain(api_client, have_file=requestheader_client_ca_file is not None)
         requestheader = cluster.requestheader
         if requestheader_client_ca_file is not None:
             from_file = RequestHeaderConfig.from_file(requestheader_client_ca_file)
@@ -258,11 +285,11 @@ class Authenticator:
         """Return the caller; raise Unauthenticated listing why each method failed.
 
         `peer_certificate_der` must come from a TLS handshake that already verified the
-        chain against `trusted_ca_pem`; this method only attributes it to one CA.
+        chain against `trusted_ca_pem`. This method only finds which CA issued it.
         """
         failures: list[str] = []
         if peer_certificate_der is not None:
-            certificate = x509.load_der_x509_certificate(peer_certificate_der)
+            certificate = self._identify(peer_certificate_der)
             user = self._from_requestheader(certificate, headers, failures)
             if user is None:
                 user = self._from_client_certificate(certificate, failures)
@@ -291,11 +318,28 @@ class Authenticator:
                 f'in API group "{API_GROUP}" in the namespace "{namespace}"{detail}'
             )
 
-    def _from_requestheader(self, certificate: x509.Certificate, headers: HeaderSource, failures: list[str]) -> UserInfo | None:
+    def _identify(self, der: bytes) -> _CertificateIdentity:
+        # Parsing and checking the issuer signature costs about 0.1 ms, and a keep-alive
+        # connection presents the same certificate on every request.
+        identity = self._certificates.get(der)
+        if identity is None:
+            certificate = x509.load_der_x509_certificate(der)
+            identity = _CertificateIdentity(
+                common_name=_common_name(certificate),
+                organizations=tuple(
+                    str(attribute.value) for attribute in certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+                ),
+                from_requestheader_ca=_issued_by_any(certificate, self._requestheader_cas),
+                from_client_ca=_issued_by_any(certificate, self._client_cas),
+            )
+            self._certificates.put(der, identity)
+        return identity
+
+    def _from_requestheader(self, certificate: _CertificateIdentity, headers: HeaderSource, failures: list[str]) -> UserInfo | None:
         config = self.requestheader
-        if config is None or not _issued_by_any(certificate, self._requestheader_cas):
+        if config is None or not certificate.from_requestheader_ca:
             return None
-        common_name = _common_name(certificate)
+        common_name = certificate.common_name
         if config.allowed_names and common_name not in config.allowed_names:
             failures.append(f"front-proxy certificate CN {common_name!r} is not one of the allowed names {list(config.allowed_names)}")
             return None
@@ -307,17 +351,15 @@ class Authenticator:
         groups = tuple(value for header in config.group_headers for value in headers.get_all(header) or ())
         return UserInfo(name, groups, extra=_extra_values(headers, config.extra_header_prefixes), method="requestheader")
 
-    def _from_client_certificate(self, certificate: x509.Certificate, failures: list[str]) -> UserInfo | None:
-        if not _issued_by_any(certificate, self._client_cas):
+    def _from_client_certificate(self, certificate: _CertificateIdentity, failures: list[str]) -> UserInfo | None:
+        if not certificate.from_client_ca:
             if not failures:
                 failures.append("the client certificate was not issued by the requestheader CA or the client CA")
             return None
-        common_name = _common_name(certificate)
-        if not common_name:
+        if not certificate.common_name:
             failures.append("client certificate without a common name")
             return None
-        groups = tuple(str(attribute.value) for attribute in certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME))
-        return UserInfo(common_name, groups, method="client-certificate")
+        return UserInfo(certificate.common_name, certificate.organizations, method="client-certificate")
 
     def _from_token(self, token: str) -> UserInfo:
         key = hashlib.sha256(token.encode("utf-8")).hexdigest()
@@ -335,8 +377,8 @@ class Authenticator:
             result = self._authentication_api.create_token_review(review)
         except (ApiException, urllib3.exceptions.HTTPError) as error:
             logger.warning("TokenReview failed: %s", _describe(error))
-            # Not cached: the next request retries the review.
-            raise Unauthenticated(f"the bearer token could not be reviewed: {_describe(error)}") from error
+            # The failure is not cached, so the next request retries the review.
+            raise Unauthenticated(f"the TokenReview of the bearer token failed: {_describe(error)}") from error
 
         status = result.status
         if status is None or not status.authenticated or status.user is None or not status.user.username:
@@ -363,7 +405,7 @@ class Authenticator:
             result = self._authorization_api.create_subject_access_review(client.V1SubjectAccessReview(spec=spec))
         except (ApiException, urllib3.exceptions.HTTPError) as error:
             logger.error("SubjectAccessReview for user %s on %s/%s failed: %s", user.name, namespace, metric, _describe(error))
-            raise AuthorizationFailed(f"authorization failed: the SubjectAccessReview could not be made: {_describe(error)}") from error
+            raise AuthorizationFailed(f"authorization failed: the SubjectAccessReview request failed: {_describe(error)}") from error
         status = result.status
         allowed = bool(status is not None and status.allowed and not status.denied)
         return _Review(allowed, (status.reason or "") if status is not None else "")

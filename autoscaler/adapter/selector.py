@@ -16,7 +16,7 @@ _NAME_PATTERN = re.compile(_NAME)
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _INTEGER = re.compile(r"-?[0-9]+")
 
-# Characters that end an identifier; everything else (including `/`, `.`, `-`) belongs to one.
+# Characters that end an identifier. Every other character, `/`, `.` and `-` included, belongs to one.
 _SPECIAL = set("!=<>(),")
 _KEYWORDS = {"in", "notin"}
 
@@ -44,7 +44,7 @@ class Requirement:
         if self.operator in ("!=", "notin"):
             return not present or labels[self.key] not in self.values
 
-        # gt / lt compare integers; a label that is missing or not an integer does not match.
+        # gt and lt compare integers, so a label that is missing or not an integer does not match.
         if not present or not _INTEGER.fullmatch(labels[self.key]):
             return False
         label_value = int(labels[self.key])
@@ -150,7 +150,7 @@ class _Parser:
             return Requirement(key, "gt" if operator == ">" else "lt", (bound,))
         if operator in _KEYWORDS:
             return Requirement(key, operator, self.value_set())
-        raise self.fail(f"unexpected {operator!r} after key {key!r}; expected =, ==, !=, in, notin, > or <")
+        raise self.fail(f"unexpected {operator!r} after key {key!r}, expected =, ==, !=, in, notin, > or <")
 
     def key(self) -> str:
         token = self.take()

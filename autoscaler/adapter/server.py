@@ -20,6 +20,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,6 +38,8 @@ HANDSHAKE_TIMEOUT_SECONDS = 10.0
 # Idle keep-alive connections are closed after this long; the HPA reconnects as needed.
 IDLE_TIMEOUT_SECONDS = 60.0
 MAX_DISCARDED_BODY_BYTES = 1 << 20
+# An HPA polls every 15 s by default; one log line per minute per failing path is enough.
+FAILURE_LOG_INTERVAL_SECONDS = 60.0
 
 _REASONS = {
     400: "BadRequest",
@@ -62,6 +65,8 @@ class AdapterServer(ThreadingHTTPServer):
         self.store = store
         self.auth = auth
         self.ssl_context = ssl_context
+        self._logged: dict[tuple[str, int, str], tuple[float | None, int]] = {}
+        self._log_lock = threading.Lock()
         super().__init__(address, _Handler)
 
     @property
@@ -69,7 +74,25 @@ class AdapterServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"https://{host}:{port}"
 
+    def log_failure(self, path: str, code: int, message: str) -> None:
+        """Log a 5xx response once per path and message per minute, with the count of repeats."""
+        key = (path, code, message)
+        now = time.monotonic()
+        with self._log_lock:
+            last, repeats = self._logged.get(key, (None, 0))
+            if last is not None and now - last < FAILURE_LOG_INTERVAL_SECONDS:
+                self._logged[key] = (last, repeats + 1)
+                return
+            if len(self._logged) > 1000:
+                self._logged.clear()
+            self._logged[key] = (now, 0)
+        suffix = f" ({repeats} more times since the last log line)" if repeats else ""
+        logger.warning("GET %s -> %d: %s%s", path, code, message, suffix)
+
     def finish_request(self, request: Any, client_address: Any) -> None:
+        # Headers and body go out as separate TLS records. Without TCP_NODELAY, Nagle's
+        # algorithm delays the body until the client's delayed ACK, about 40 ms per response.
+        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         request.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
         try:
             connection = self.ssl_context.wrap_socket(request, server_side=True)
@@ -170,7 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
             status, body = self._route(path, urllib.parse.parse_qs(url.query))
         except _HttpError as error:
             if error.code >= 500:
-                logger.warning("GET %s -> %d: %s", path, error.code, error.message)
+                self.server.log_failure(path, error.code, error.message)
             status, body = error.code, status_body(error.code, error.message)
         self._send_json(status, body)
 
@@ -182,7 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _discard_body(self) -> None:
         # Closing a socket with unread data makes TCP reset the connection before the client
-        # reads the response, so a small body is read and dropped; a larger one ends the connection.
+        # reads the response. So a small body is read and dropped, and a larger one ends the connection.
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:

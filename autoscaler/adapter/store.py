@@ -1,6 +1,6 @@
 """Per-tick cache of the values the adapter serves, so HPA polling never queries Prometheus.
 
-The controller calls `MetricStore.publish` once per tick; each call replaces the whole
+The controller calls `MetricStore.publish` once per tick. Each call replaces the whole
 snapshot, so a target that disappeared from the tick also disappears from the API. Readers
 take the current snapshot without locking, because a snapshot is never changed after it is
 built.
@@ -77,7 +77,7 @@ def format_quantity(value: float) -> str:
 
     Integers are written plainly ("3"), other numbers in milli units rounded to the nearest
     milli ("62m" for 0.062, "1500m" for 1.5). A non-zero value smaller than half a milli
-    would round to "0", so it is written in nano units instead ("40n"); below half a nano,
+    would round to "0", so it is written in nano units instead ("40n"). Below half a nano,
     the smallest unit Kubernetes has, it is "0n".
     """
     if not math.isfinite(value):
@@ -194,7 +194,7 @@ def _series_of(now: float, decision: Decision) -> list[Series]:
 
 def _sample_quantity(sample: Sample) -> tuple[str | None, str]:
     # An idle window (no traffic) is served as 0, which lets an HPA go to its minimum the
-    # way the engine may go to the floor; an unknown sample has no value at all.
+    # way the engine may go to the floor. An unknown sample has no value at all.
     if sample.is_unknown:
         return None, sample.reason or "the query failed"
     if sample.is_idle:

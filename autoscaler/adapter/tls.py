@@ -144,8 +144,8 @@ def server_context(
 
     With neither file given, a self-signed certificate for `hosts` is generated in memory.
     With `client_ca_pem`, clients may present a certificate, which must then chain to one of
-    those CAs (OpenSSL rejects the handshake otherwise); clients without one are still
-    accepted and authenticate by bearer token.
+    those CAs, or OpenSSL rejects the handshake. Clients without one are still accepted and
+    authenticate by bearer token.
     """
     if (cert_file is None) != (key_file is None):
         raise ValueError(f"give both or neither of the TLS certificate and key files (certificate {cert_file!r}, key {key_file!r})")
@@ -177,8 +177,8 @@ def load_certificates(pem: bytes) -> list[x509.Certificate]:
 
 
 def _load_pair(context: ssl.SSLContext, pair: KeyPair) -> None:
-    # ssl loads certificates only from files; the directory is removed right after loading,
-    # and a temporary directory works on a read-only root filesystem with /tmp mounted.
+    # ssl loads certificates only from files. The directory is removed right after loading,
+    # and it works on a read-only root filesystem as long as /tmp is writable.
     with tempfile.TemporaryDirectory(prefix="grove-autoscaler-tls-") as directory:
         cert_path, key_path = pair.write(directory, "serving")
         context.load_cert_chain(cert_path, key_path)

@@ -42,29 +42,39 @@ def add_parser(subparsers) -> None:
             "least 8 GPUs, with the bundled H200 profile and example configuration."
         ),
     )
+
     parser.add_argument("--trace", help="trace file or ServeGen directory, or a bundled trace: azure-conv, azure-code (default: azure-conv)")
     parser.add_argument("--format", default="auto", choices=("auto",) + traces.FORMATS, help="trace format (default: detect)")
     parser.add_argument("--lengths-from", help="request-level trace whose input/output lengths a rate shape uses (default: azure-conv)")
-    parser.add_argument("--start", type=float, help="start of the time range to replay, seconds from the trace start")
-    parser.add_argument("--end", type=float, help="end of the time range to replay, seconds from the trace start")
+    parser.add_argument("--start", help="start of the range to replay: seconds from the trace start (history mode: Unix seconds or RFC 3339)")
+    parser.add_argument("--end", help="end of the range to replay: seconds from the trace start (history mode: Unix seconds or RFC 3339)")
     parser.add_argument(
         "--rate-scale",
         default=None,
         help="multiply the request rate, keeping the time axis; a number or 'auto' (scale until the peak needs "
         f"{DEFAULT_MIN_PEAK_GPUS:g} GPUs; the default for the bundled trace, 1 otherwise)",
     )
+
     parser.add_argument("--config", action="append", help="configuration file of one policy set; repeat to compare several (default: bundled example)")
     parser.add_argument("--profile", help="Dynamo profiling directory (default: bundled H200 TP1 profile)")
     parser.add_argument("--manifest", help="PodCliqueSet manifest of the simulated deployment (default: bundled multi-node disaggregated example)")
     parser.add_argument("--gpus-per-pod", type=float, default=1.0, help="GPUs per pod when the manifest requests none (default: 1)")
+
     parser.add_argument("--mode", choices=("request", "fluid"), help="request-level events or per-second fluid model (default: request for traces, fluid for rate shapes)")
     parser.add_argument("--cold-start", type=float, default=120.0, help="seconds before a new replica serves (default: 120)")
     parser.add_argument("--ttft-slo", type=float, default=0.5, help="TTFT objective per request, seconds (default: 0.5)")
     parser.add_argument("--itl-slo", type=float, default=0.05, help="mean ITL objective per request, seconds (default: 0.05)")
+
     parser.add_argument("--no-baselines", action="store_true", help="run only the configured policy sets")
     parser.add_argument("--json", help="write the results as JSON to this file")
     parser.add_argument("--csv", help="write one timeline CSV per policy into this directory")
     parser.add_argument("--plot", help="write a PNG plot of replicas, load and latency per policy to this file")
+
+    parser.add_argument(
+        "--prometheus",
+        help="history mode: read the configured signals from this Prometheus URL between --start and --end "
+        "(Unix seconds or RFC 3339) and replay them through the engine open loop",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the rate scaling (default: 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
@@ -83,10 +93,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.prometheus:
+        return _run_history(args)
     profile = Profile.load(args.profile) if args.profile else Profile.load(bundled_profile_dir())
     manifest = load_manifest(args.manifest) if args.manifest else default_manifest()
     config_paths = [Path(path) for path in args.config] if args.config else [default_config_path()]
-    configs = [(path.stem, load_config(path)) for path in config_paths]
+    configs = [(_policy_set_name(path), load_config(path)) for path in config_paths]
     main_config = configs[0][1]
     topology = build_topology(main_config, manifest, gpus_per_pod=args.gpus_per_pod)
     prefill_gpus = topology.by_role(PREFILL).gpus_per_replica
@@ -118,6 +130,37 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_history(args: argparse.Namespace) -> int:
+    import json
+
+    from autoscaler.backtest.history import format_history, history_to_dict, parse_time, run_history
+    from metrics.catalog import SignalCatalog
+    from metrics.prometheus import PrometheusSource
+
+    if args.start is None or args.end is None:
+        raise ValueError("history mode needs --start and --end (Unix seconds or RFC 3339)")
+    start = parse_time(args.start, "--start")
+    end = parse_time(args.end, "--end")
+    config_path = Path(args.config[0]) if args.config else default_config_path()
+    config = load_config(config_path)
+    manifest = load_manifest(args.manifest) if args.manifest else default_manifest()
+    timeout = config.metrics.prometheus.timeout_seconds if config.metrics.prometheus is not None else 30.0
+    source = PrometheusSource(url=args.prometheus, catalog=SignalCatalog.from_config(config.metrics), timeout_seconds=timeout)
+    try:
+        result = run_history(config, manifest, source, start=start, end=end, gpus_per_pod=args.gpus_per_pod)
+    finally:
+        source.close()
+    print(format_history(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(history_to_dict(result), indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def _policy_set_name(path: Path) -> str:
+    # The bundled example runs the sla-planner policy; a user's set is named after its file.
+    return "sla-planner (example)" if path.resolve() == default_config_path().resolve() else path.stem
+
+
 def _load_workload(args: argparse.Namespace) -> Workload:
     if args.trace is None or args.trace in traces.BUNDLED_TRACES:
         path = traces.bundled_trace_path(args.trace or "azure-conv")
@@ -125,8 +168,10 @@ def _load_workload(args: argparse.Namespace) -> Workload:
     else:
         loaded = traces.load(args.trace, args.format)
 
+    start = _seconds(args.start, "--start")
+    end = _seconds(args.end, "--end")
     if isinstance(loaded, traces.RateShape):
-        shape = traces.cut_shape(loaded, args.start, args.end) if args.start is not None or args.end is not None else loaded
+        shape = traces.cut_shape(loaded, start, end) if start is not None or end is not None else loaded
         lengths_source = args.lengths_from or "azure-conv"
         if lengths_source in traces.BUNDLED_TRACES:
             lengths = traces.load(traces.bundled_trace_path(lengths_source), "azure")
@@ -136,8 +181,20 @@ def _load_workload(args: argparse.Namespace) -> Workload:
             raise traces.TraceError(f"--lengths-from {lengths_source}: a request-level trace is needed, got a rate shape")
         return Workload(name=shape.name, duration_s=shape.duration_s, shape=shape, lengths=lengths)
 
-    trace = traces.cut(loaded, args.start, args.end) if args.start is not None or args.end is not None else loaded
+    trace = traces.cut(loaded, start, end) if start is not None or end is not None else loaded
     return Workload(name=trace.name, duration_s=trace.duration_s, trace=trace)
+
+
+def _seconds(text: str | None, option: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"invalid {option} {text!r}: expected seconds from the trace start") from None
+    if not math.isfinite(value):
+        raise ValueError(f"invalid {option} {text!r}: expected a finite number of seconds")
+    return value
 
 
 def _scale_workload(workload: Workload, args, profile: Profile, prefill_gpus: float, decode_gpus: float, settings: Settings) -> Workload:

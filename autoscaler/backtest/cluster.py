@@ -3,8 +3,8 @@
 The topology comes from a PodCliqueSet manifest. Each configuration rule is matched against
 it the way the live controller matches live objects, giving one `DiscoveredTarget` per
 scalable object of PodCliqueSet replica 0: a scaling group (`<pcs>-0-<group>`) or a standalone
-clique (`<pcs>-0-<clique>`). Every target serves either prefill or decode, told by its name or
-roleName. GPUs per replica come from the pod templates' GPU requests; when a template requests
+clique (`<pcs>-0-<clique>`). Every target serves either prefill or decode, and its name or
+roleName must contain that word. GPUs per replica come from the pod templates' GPU requests; when a template requests
 none, each pod counts `gpus_per_pod` GPUs.
 """
 
@@ -79,6 +79,23 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
 
 def build_topology(config: Config, manifest: Mapping[str, Any], *, gpus_per_pod: float = 1.0) -> Topology:
     """Match every rule of `config` against the manifest; raise TopologyError unless exactly one prefill and one decode target result."""
+    targets = discover_targets(config, manifest, gpus_per_pod=gpus_per_pod)
+    roles = [target.role for target in targets]
+    for role in (PREFILL, DECODE):
+        if roles.count(role) != 1:
+            found = ", ".join(f"{t.name} ({t.role or 'no role'})" for t in targets) or "none"
+            raise TopologyError(
+                "the backtest needs exactly one prefill and one decode target in the manifest's PodCliqueSet; "
+                f"the configuration selects: {found}"
+            )
+    return Topology(pcs=manifest, targets=tuple(targets))
+
+
+def discover_targets(
+    config: Config, manifest: Mapping[str, Any], *, gpus_per_pod: float = 1.0, require_role: bool = True
+) -> list[SimTarget]:
+    """Return the targets every rule selects in the manifest; with `require_role=False` a target
+    whose role cannot be told gets the role "" instead of an error."""
     if gpus_per_pod <= 0 or not math.isfinite(gpus_per_pod):
         raise TopologyError(f"invalid gpus per pod {gpus_per_pod!r}: must be a positive number")
     metadata = manifest.get("metadata") or {}
@@ -91,17 +108,8 @@ def build_topology(config: Config, manifest: Mapping[str, Any], *, gpus_per_pod:
     for rule in config.targets:
         if not _rule_selects(rule, pcs_name, namespace, metadata.get("labels") or {}):
             continue
-        targets.append(_target_for_rule(rule, manifest, pcs_name, namespace, gpus_per_pod))
-
-    roles = [target.role for target in targets]
-    for role in (PREFILL, DECODE):
-        if roles.count(role) != 1:
-            found = ", ".join(f"{t.name} ({t.role})" for t in targets) or "none"
-            raise TopologyError(
-                f"the backtest needs exactly one prefill and one decode target in PodCliqueSet {namespace}/{pcs_name}; "
-                f"the configuration selects: {found}"
-            )
-    return Topology(pcs=manifest, targets=tuple(targets))
+        targets.append(_target_for_rule(rule, manifest, pcs_name, namespace, gpus_per_pod, require_role))
+    return targets
 
 
 def _rule_selects(rule: TargetConfig, pcs_name: str, namespace: str, labels: Mapping[str, str]) -> bool:
@@ -127,14 +135,16 @@ def _rule_selects(rule: TargetConfig, pcs_name: str, namespace: str, labels: Map
     return True
 
 
-def _target_for_rule(rule: TargetConfig, manifest: Mapping[str, Any], pcs_name: str, namespace: str, gpus_per_pod: float) -> SimTarget:
+def _target_for_rule(
+    rule: TargetConfig, manifest: Mapping[str, Any], pcs_name: str, namespace: str, gpus_per_pod: float, require_role: bool
+) -> SimTarget:
     template = (manifest.get("spec") or {}).get("template") or {}
     cliques = {clique.get("name"): clique for clique in template.get("cliques") or []}
     groups = {group.get("name"): group for group in template.get("podCliqueScalingGroups") or []}
 
     if rule.level == "podcliqueset":
-        # NOTE: a PodCliqueSet replica holds prefill and decode together; the serving model
-        # scales the two roles separately, so this level is not simulated.
+        # NOTE: a PodCliqueSet replica contains prefill and decode together, but the serving
+        # model scales the two roles separately, so this level is not simulated.
         raise TopologyError(f"target rule {rule.name!r}: level podcliqueset is not supported by the backtest; use scalingGroup or clique rules")
 
     if rule.level == "scalingGroup":
@@ -143,7 +153,7 @@ def _target_for_rule(rule: TargetConfig, manifest: Mapping[str, Any], pcs_name: 
             raise TopologyError(f"target rule {rule.name!r}: scalingGroup {rule.scaling_group!r} not found in the manifest; known: {sorted(groups)}")
         member_names = list(group.get("cliqueNames") or [])
         pods = sum(int((cliques.get(name) or {}).get("spec", {}).get("replicas", 1)) for name in member_names)
-        role = _role_of(rule, [str(rule.scaling_group)] + member_names + [_role_name(cliques.get(n)) for n in member_names])
+        role = _role_of(rule, [str(rule.scaling_group)] + member_names + [_role_name(cliques.get(n)) for n in member_names], require_role)
         ref = TargetRef(namespace, Kind.PODCLIQUESCALINGGROUP, f"{pcs_name}-0-{rule.scaling_group}")
         gpus = _gpus(manifest, "scalingGroup", str(rule.scaling_group), pods, gpus_per_pod, rule)
         replicas = int(group.get("replicas", 1))
@@ -160,8 +170,8 @@ def _target_for_rule(rule: TargetConfig, manifest: Mapping[str, Any], pcs_name: 
     else:
         matches = [clique for clique in cliques.values() if _role_name(clique) == rule.clique.role_name]
     if len(matches) != 1:
-        wanted = rule.clique.name or rule.clique.role_name
-        raise TopologyError(f"target rule {rule.name!r}: clique {wanted!r} matches {len(matches)} cliques in the manifest; known: {sorted(cliques)}")
+        selected = rule.clique.name or rule.clique.role_name
+        raise TopologyError(f"target rule {rule.name!r}: clique {selected!r} matches {len(matches)} cliques in the manifest; known: {sorted(cliques)}")
     clique = matches[0]
     name = str(clique.get("name"))
     in_group = [group_name for group_name, group in groups.items() if name in (group.get("cliqueNames") or [])]
@@ -170,7 +180,7 @@ def _target_for_rule(rule: TargetConfig, manifest: Mapping[str, Any], pcs_name: 
             f"target rule {rule.name!r}: clique {name!r} belongs to scaling group {in_group[0]!r}; "
             "the backtest scales whole gangs, so target the scaling group"
         )
-    role = _role_of(rule, [name, _role_name(clique)])
+    role = _role_of(rule, [name, _role_name(clique)], require_role)
     ref = TargetRef(namespace, Kind.PODCLIQUE, f"{pcs_name}-0-{name}")
     gpus = _gpus(manifest, "clique", name, 1, gpus_per_pod, rule)
     spec = clique.get("spec") or {}
@@ -186,12 +196,14 @@ def _role_name(clique: Mapping[str, Any] | None) -> str:
     return str(((clique or {}).get("spec") or {}).get("roleName") or "")
 
 
-def _role_of(rule: TargetConfig, names: list[str]) -> str:
+def _role_of(rule: TargetConfig, names: list[str], require_role: bool) -> str:
     text = " ".join(names).lower()
     is_prefill = "prefill" in text
     is_decode = "decode" in text
     if is_prefill != is_decode:
         return PREFILL if is_prefill else DECODE
+    if not require_role:
+        return ""
     raise TopologyError(
         f"target rule {rule.name!r}: cannot tell whether {', '.join(n for n in names if n)} serves prefill or decode; "
         "the scaling group, clique or roleName must contain 'prefill' or 'decode'"
@@ -215,7 +227,6 @@ class Replica:
     ready_at: float
     draining: bool = False
     gone_at: float | None = None
-    busy_until: float = 0.0
 
     def exists_at(self, time: float) -> bool:
         return self.created <= time and (self.gone_at is None or time < self.gone_at)
@@ -225,8 +236,8 @@ class ReplicaPool:
     """Replicas of one role: new ones serve after the cold start, removed ones drain first.
 
     Scale-down removes the newest replicas first, as Grove removes the highest indices. A
-    replica still starting is deleted at once; a serving one takes no new work and is gone
-    when its in-flight work ends (the serving model sets `gone_at`).
+    replica still starting is deleted at once. A serving one takes no new work and is deleted
+    when its in-flight work ends, at the `gone_at` that the serving model sets.
     """
 
     def __init__(self, role: str, gpus_per_replica: float, cold_start_s: float) -> None:
@@ -234,13 +245,15 @@ class ReplicaPool:
         self.gpus_per_replica = gpus_per_replica
         self.cold_start_s = cold_start_s
         self.replicas: list[Replica] = []
+        self._live_count = 0
 
     def live(self) -> list[Replica]:
         return [replica for replica in self.replicas if not replica.draining and replica.gone_at is None]
 
     @property
     def live_count(self) -> int:
-        return len(self.live())
+        """Replicas the `/scale` object counts: starting and serving, not draining."""
+        return self._live_count
 
     def start_warm(self, count: int) -> list[Replica]:
         return [self._add(0.0, 0.0) for _ in range(count)]
@@ -258,6 +271,7 @@ class ReplicaPool:
                 if replica.ready_at > now:
                     replica.gone_at = now
                 removed.append(replica)
+        self._live_count = count
         return added, removed
 
     def ready(self, now: float) -> list[Replica]:
@@ -279,4 +293,5 @@ class ReplicaPool:
     def _add(self, created: float, ready_at: float) -> Replica:
         replica = Replica(id=len(self.replicas), created=created, ready_at=ready_at)
         self.replicas.append(replica)
+        self._live_count += 1
         return replica

@@ -1,10 +1,11 @@
 """The clairvoyant oracle: the fewest GPUs that carry each window's real load at profiled speed.
 
-For every window of `window_s` seconds the oracle knows the requests that arrive in it and
+For every window of `window_s` seconds the oracle is given the requests that arrive in it and
 sizes each role with no cold start and no forecasting error:
 
-- prefill replicas = ceil(sum over the window's requests of isl / prefill tokens/s/GPU at isl,
-  divided by the window and by the replica's GPUs), the engine time the prompts need;
+- prefill replicas = ceil(sum over the window's requests of the profiled TTFT at their isl
+  times the GPUs of one engine, divided by the window and by the replica's GPUs): the GPU
+  time the prompts need when every engine is busy all the time;
 - decode replicas = ceil(output tokens of the window / window / (best decode tokens/s/GPU
   meeting the ITL SLO at the window's mean context isl + osl/2) / the replica's GPUs), the
   Dynamo planner's decode rule with the true load;
@@ -45,12 +46,13 @@ def oracle_for_trace(
     decode_gpus: float,
     itl_slo_s: float,
     window_s: float = 60.0,
+    gpus_per_engine: float = 1.0,
 ) -> OracleResult:
     windows = max(1, int(math.ceil(trace.duration_s / window_s)))
     index = np.minimum((trace.arrival_s / window_s).astype(np.int64), windows - 1)
     isl = np.maximum(trace.isl, 1).astype(float)
     osl = trace.osl.astype(float)
-    prefill_seconds = np.bincount(index, weights=isl / profile.prefill_throughput_per_gpu(isl), minlength=windows)
+    prefill_seconds = np.bincount(index, weights=profile.prefill_ttft_seconds(isl) * gpus_per_engine, minlength=windows)
     output_tokens = np.bincount(index, weights=osl, minlength=windows)
     requests = np.bincount(index, minlength=windows)
     context_sum = np.bincount(index, weights=isl + osl / 2, minlength=windows)
@@ -67,11 +69,12 @@ def oracle_for_shape(
     prefill_gpus: float,
     decode_gpus: float,
     itl_slo_s: float,
+    gpus_per_engine: float = 1.0,
 ) -> OracleResult:
     """Size each rate-shape window with the mean per-request work of the lengths trace."""
     isl = np.maximum(lengths.isl, 1).astype(float)
     osl = lengths.osl.astype(float)
-    prefill_per_request = float(np.mean(isl / profile.prefill_throughput_per_gpu(isl)))
+    prefill_per_request = float(np.mean(profile.prefill_ttft_seconds(isl))) * gpus_per_engine
     output_per_request = float(np.mean(osl))
     context = np.full(shape.rate.size, float(np.mean(isl + osl / 2)))
     return _size(

@@ -69,6 +69,7 @@ def format_table(report: BacktestReport) -> str:
     ]
     header = ("policy", "attain", "TTFT ok", "ITL ok", "GPU-h", "x oracle", "actions", "peak GPUs")
     rows = [header]
+
     for outcome in report.results:
         rows.append(
             (
@@ -82,8 +83,10 @@ def format_table(report: BacktestReport) -> str:
                 f"{outcome.peak_gpus:g}",
             )
         )
+
     oracle = report.oracle
     rows.append(("oracle (lower bound)", "-", "-", "-", f"{oracle.gpu_hours:.2f}", "1.00", "-", f"{oracle.gpus.max():g}"))
+
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     for index, row in enumerate(rows):
         cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]

@@ -1,10 +1,10 @@
 """Run policy sets against one workload on the simulated cluster and score them.
 
 Each policy set gets a fresh simulated cluster and serving model. Every `intervalSeconds` of
-simulated time the runner computes the signals the set's policies declared, calls the same
-`autoscaler.engine.decide` as the live controller, and applies each decision's desired
-replicas to the simulated `/scale` (new replicas serve after the cold start, removed ones
-drain). Only the clock, the metric source and the scale writer differ from the live loop.
+simulated time the runner computes the signals that the set's policies declared and calls the
+same `autoscaler.engine.decide` as the live controller. It then applies each decision's desired
+replicas to the simulated `/scale`: new replicas serve after the cold start, and removed ones
+drain. Only the clock, the metric source and the scale writer differ from the live loop.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from autoscaler.backtest.cluster import Topology, build_topology
 from autoscaler.backtest.oracle import OracleResult
 from autoscaler.backtest.serving_events import EventServingModel
 from autoscaler.backtest.serving_fluid import FluidServingModel
-from autoscaler.backtest.signals import DECODE, PREFILL, ROLES
+from autoscaler.backtest.signals import DECODE, ITL_BUCKETS, PREFILL, ROLES, TTFT_BUCKETS, histogram_quantile_rows, window_sums
 from autoscaler.backtest.traces import RateShape, Trace
 from autoscaler.engine import EngineState, decide
-from autoscaler.specs import build_specs
+from autoscaler.specs import budget_limits, build_bands, build_specs
 from policies.profile import Profile
 
 logger = logging.getLogger(__name__)
@@ -186,7 +186,10 @@ def run_policy_set(
 ) -> PolicyOutcome:
     config = policy_set.config
     topology = build_topology(config, manifest, gpus_per_pod=settings.gpus_per_pod)
-    specs = build_specs(config, [target.discovered for target in topology.targets])
+    discovered = [target.discovered for target in topology.targets]
+    specs = build_specs(config, discovered)
+    bands = build_bands(config, discovered)
+    budgets = budget_limits(config)
     role_of = {target.name: target.role for target in topology.targets}
     spec_by_role = {role_of[spec.target]: spec for spec in specs}
 
@@ -218,13 +221,24 @@ def run_policy_set(
             observations = {
                 spec.target: model.recorder.samples(now, window, role_of[spec.target], signals[spec.target]) for spec in specs
             }
-            decisions, state = decide(now=now, specs=specs, observations=observations, live=live, state=state)
+            ready = {spec.target: model.ready_replicas(role_of[spec.target], now) for spec in specs}
+            decisions, state = decide(
+                now=now,
+                specs=specs,
+                observations=observations,
+                live=live,
+                ready=ready,
+                state=state,
+                interval_seconds=interval,
+                bands=bands,
+                budgets=budgets,
+            )
             for decision in decisions:
                 role = role_of[decision.target]
                 if decision.desired is not None and decision.desired != live[decision.target]:
                     model.scale(role, decision.desired, now)
                     actions += 1
-        _record_tick(timeline, model, now, topology)
+        _record_tick(timeline, model, now)
         if on_tick is not None:
             on_tick(1.0)
         if now >= workload.duration_s and model.pending == 0:
@@ -274,18 +288,27 @@ def _make_model(workload: Workload, profile: Profile, topology: Topology, initia
     )
 
 
-def _record_tick(timeline: Timeline, model, now: float, topology: Topology) -> None:
+def _record_tick(timeline: Timeline, model, now: float) -> None:
     timeline.time_s.append(now)
-    gpus = 0.0
-    for role in ROLES:
-        pool = model.prefill if role == PREFILL else model.decode
-        timeline.replicas[role].append(pool.live_count)
-        gpus += sum(1 for replica in pool.replicas if replica.exists_at(now)) * pool.gpus_per_replica
-    timeline.gpus.append(gpus)
-    samples = model.recorder.samples(now, 60.0, DECODE, ["request_rate", "ttft_p90", "itl_p90"])
-    timeline.request_rate.append(_value(samples["request_rate"]))
-    timeline.ttft_p90.append(_value(samples["ttft_p90"]))
-    timeline.itl_p90.append(_value(samples["itl_p90"]))
+    timeline.replicas[PREFILL].append(model.prefill.live_count)
+    timeline.replicas[DECODE].append(model.decode.live_count)
+
+
+def _complete_timeline(timeline: Timeline, model) -> None:
+    """Fill GPUs, request rate and latency p90s of every tick from the recorder, over 60 s windows."""
+    times = np.array(timeline.time_s)
+    gpus = np.zeros(times.size)
+    for pool in (model.prefill, model.decode):
+        gpus += pool.count_timeline(times) * pool.gpus_per_replica
+    timeline.gpus = gpus.tolist()
+    recorder = model.recorder
+    ends = np.rint(times / recorder.step_s).astype(np.int64)
+    width = max(1, int(round(60.0 / recorder.step_s)))
+    seconds = np.minimum(ends, width) * recorder.step_s
+    with np.errstate(invalid="ignore", divide="ignore"):
+        timeline.request_rate = (window_sums(recorder.arrivals, ends, width) / seconds).tolist()
+    timeline.ttft_p90 = histogram_quantile_rows(0.9, TTFT_BUCKETS, window_sums(recorder.ttft, ends, width)).tolist()
+    timeline.itl_p90 = histogram_quantile_rows(0.9, ITL_BUCKETS, window_sums(recorder.itl, ends, width)).tolist()
 
 
 def _value(sample) -> float:
@@ -293,6 +316,7 @@ def _value(sample) -> float:
 
 
 def _score(name: str, model, workload: Workload, settings: Settings, oracle: OracleResult, timeline: Timeline, actions: int) -> PolicyOutcome:
+    _complete_timeline(timeline, model)
     attainment, ttft_attainment, itl_attainment = model.attainment(settings.ttft_slo_s, settings.itl_slo_s)
     gpu_hours = model.gpu_seconds(workload.duration_s) / 3600.0
     peak = _peak_gpus(model, workload.duration_s)

@@ -1,12 +1,13 @@
 """Request-level serving model of a disaggregated deployment, driven by a Dynamo profile.
 
-A replica with G GPUs runs `G / gpus_per_engine` engines of the profiled configuration
-(the profile describes one engine; the bundled one has one GPU per engine), so capacity scales
-with GPUs as in the Dynamo planner and latency at low load is the profiled latency.
+A replica with G GPUs runs `G / gpus_per_engine` engines of the profiled configuration. The
+profile describes one engine, and the bundled one has one GPU per engine. So capacity scales with
+GPUs as in the Dynamo planner, and latency at low load is the profiled latency.
 
 Prefill: all prefill engines form one FIFO queue with several servers (Dynamo workers pull
 from a shared prefill queue). A request starts when it heads the queue and an engine is free,
-and takes `isl / prefill tokens/s at isl` seconds, the profiled TTFT. Each request is one loop
+and takes the profiled TTFT at its input length (so an engine serves `isl / TTFT(isl)` prompt
+tokens/s, the profiled prefill throughput at the profiled lengths). Each request is one loop
 iteration over a heap of engine free times, the only per-request Python work.
 
 Decode: the ready replicas are pooled. A request is admitted when the pool has room for its
@@ -82,11 +83,11 @@ class EventServingModel:
         self.osl = trace.osl.astype(float)
         self.decode_tokens = np.maximum(trace.osl - 1, 0).astype(float)
         self.prefill_engines = max(1, int(round(prefill_gpus / gpus_per_engine)))
-        self.service = isl / (profile.prefill_throughput_per_gpu(isl) * gpus_per_engine)
+        self.service = profile.prefill_ttft_seconds(isl)
         self.decode_capacity = profile.max_kv_tokens * decode_gpus / gpus_per_engine
         self.prefill_capacity = profile.max_kv_tokens * prefill_gpus / gpus_per_engine
         # A sequence longer than one replica's KV cache could never be admitted and would
-        # block the FIFO forever; it is admitted against a full replica instead.
+        # block the FIFO forever. So it reserves one full replica instead.
         self.need = np.minimum(isl + self.osl, self.decode_capacity)
 
         self.start = np.full(count, np.nan)
@@ -105,6 +106,10 @@ class EventServingModel:
 
     def live_replicas(self, role: str) -> int:
         return (self.prefill if role == PREFILL else self.decode).live_count
+
+    def ready_replicas(self, role: str, now: float) -> int:
+        """Replicas past their cold start and not draining, as a `/scale` target's ready count."""
+        return len((self.prefill if role == PREFILL else self.decode).ready(now))
 
     def scale(self, role: str, replicas: int, now: float) -> None:
         if role == PREFILL:
@@ -214,6 +219,7 @@ class EventServingModel:
             arrived = arrival[index]
             if arrived >= end:
                 break
+
             if removed:
                 while heap and owner[heap[0][1]] in removed:
                     heapq.heappop(heap)
@@ -223,12 +229,14 @@ class EventServingModel:
             begin = arrived if arrived > free_at else free_at
             if begin >= end:
                 break
+
             done = begin + service[index]
             heapreplace(heap, (done, engine))
             engine_busy[engine] = done
             starts.append(begin)
             ends.append(done)
             index += 1
+
         first = self._next_prefill
         self.start[first:index] = starts
         self.prefill_end[first:index] = ends
@@ -237,20 +245,28 @@ class EventServingModel:
     def _record_prefill_gauges(self, first_step: int, last_step: int) -> None:
         times = np.arange(first_step + 1, last_step + 1) * self.step_s
         recorder = self.recorder
+        starts = self.start[: self._next_prefill]
         arrived = np.searchsorted(self.arrival, times, side="right")
-        started = np.searchsorted(self.start[: self._next_prefill], times, side="right")
+        started = np.searchsorted(starts, times, side="right")
         recorder.waiting[PREFILL][first_step:last_step] = arrived - started
 
+        # In service at t: started by t and not finished by t. Only requests that started
+        # within one service time of the interval can still be running.
         window_start = times[0] - self.step_s - float(self.service.max(initial=0.0))
-        low = int(np.searchsorted(self.start[: self._next_prefill], window_start, side="left"))
-        begin = self.start[low : self._next_prefill]
-        finish = self.prefill_end[low : self._next_prefill]
-        in_service = (begin[None, :] <= times[:, None]) & (finish[None, :] > times[:, None])
-        recorder.running[PREFILL][first_step:last_step] = in_service.sum(axis=1)
+        low = int(np.searchsorted(starts, window_start, side="left"))
+        begin = starts[low:]
+        order = np.argsort(self.prefill_end[low : self._next_prefill], kind="stable")
+        finish = self.prefill_end[low : self._next_prefill][order]
+        isl = self.isl[low : self._next_prefill]
+        begun = np.searchsorted(begin, times, side="right")
+        ended = np.searchsorted(finish, times, side="right")
+        recorder.running[PREFILL][first_step:last_step] = begun - ended
+        isl_begun = np.concatenate([[0.0], np.cumsum(isl)])[begun]
+        isl_ended = np.concatenate([[0.0], np.cumsum(isl[order])])[ended]
         ready = np.array([len(self.prefill.ready(time)) for time in times], dtype=float)
-        tokens = in_service @ self.isl[low : self._next_prefill]
         with np.errstate(invalid="ignore", divide="ignore"):
-            recorder.kv_usage[PREFILL][first_step:last_step] = np.where(ready > 0, tokens / (ready * self.prefill_capacity), np.nan)
+            usage = np.where(ready > 0, (isl_begun - isl_ended) / (ready * self.prefill_capacity), np.nan)
+        recorder.kv_usage[PREFILL][first_step:last_step] = usage
 
     # --- decode --------------------------------------------------------------------------
 
@@ -317,9 +333,9 @@ class EventServingModel:
 
         count = self._run_index.size
         if count and self._holding > 0:
-            held = self._sum_isl + count * self._virtual - self._sum_admit
-            usage = held / self._holding
-            itl = self.profile.decode_itl_seconds(usage, held / count)
+            held_tokens = self._sum_isl + count * self._virtual - self._sum_admit
+            usage = held_tokens / self._holding
+            itl = self.profile.decode_itl_seconds(usage, held_tokens / count)
         else:
             usage = 0.0 if self._holding > 0 else math.nan
             itl = self._idle_itl
@@ -354,7 +370,7 @@ class EventServingModel:
         self._pending_time = self._pending_time[split:]
         self._pending_index = self._pending_index[split:]
 
-        # A one-token answer is complete at the end of prefill and never reaches decode.
+        # A one-token response is complete at the end of prefill and never reaches decode.
         single = self.decode_tokens[indices] == 0
         if single.any():
             done = indices[single]

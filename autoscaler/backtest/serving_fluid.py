@@ -3,11 +3,11 @@
 Requests are a continuous flow of `rate(t)` per second with the length mix of a request-level
 trace. Each simulated second:
 
-- prefill: the prompt work (engine-seconds, `isl / prefill tokens/s at isl` per request) joins
-  a backlog that the ready engines drain at one engine-second per second each; a request
-  arriving now waits `backlog / engines` before its own service;
-- decode: finished prefills join the admission queue; requests are admitted while the ready
-  pool has KV room for their mean sequence `isl + osl`; the running requests advance at
+- prefill: the prompt work (engine-seconds, the profiled TTFT per request) joins a backlog that
+  the ready engines drain at one engine-second per second each. A request arriving now waits
+  `backlog / engines` before its own prefill.
+- decode: finished prefills join the admission queue. Requests are admitted while the ready
+  pool has KV room for their mean sequence `isl + osl`. The running requests advance at
   `1 / ITL(kv usage, mean context isl + osl/2)` tokens/s and leave after their mean
   `osl - 1` tokens.
 
@@ -23,6 +23,7 @@ rate (Little's law).
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 
 import numpy as np
 
@@ -68,7 +69,7 @@ class FluidServingModel:
 
         isl = np.maximum(lengths.isl, 1).astype(float)
         osl = lengths.osl.astype(float)
-        service = isl / (profile.prefill_throughput_per_gpu(isl) * gpus_per_engine)
+        service = profile.prefill_ttft_seconds(isl)
         self._service_sorted = np.sort(service)
         self.service_mean = float(service.mean())
         self.isl_mean = float(isl.mean())
@@ -95,6 +96,13 @@ class FluidServingModel:
         self._ttft_ok = 0.0
         self._itl_ok = 0.0
         self._both_ok = 0.0
+        self._capacity_cache: tuple[float, float, float] | None = None
+        self._capacity_until = -math.inf
+        self._itl_bounds = ITL_BUCKETS.tolist()
+        service = self._service_sorted
+        below = np.searchsorted(service, TTFT_BUCKETS, side="right") / service.size
+        self._idle_ttft_shares = np.diff(below, prepend=0.0, append=1.0)
+        self._idle_ttft_ok = float(np.searchsorted(service, ttft_slo_s, side="right") / service.size)
 
     @staticmethod
     def _rate_per_second(shape: RateShape | None, trace: Trace | None, seconds: int) -> np.ndarray:
@@ -109,9 +117,16 @@ class FluidServingModel:
     def live_replicas(self, role: str) -> int:
         return (self.prefill if role == PREFILL else self.decode).live_count
 
+    def ready_replicas(self, role: str, now: float) -> int:
+        """Replicas past their cold start and not draining, as a `/scale` target's ready count."""
+        if role == PREFILL:
+            return int(self._capacity(now)[0]) // self.engines_per_prefill
+        return int(round(self._capacity(now)[1] / self.decode_capacity))
+
     def scale(self, role: str, replicas: int, now: float) -> None:
         pool = self.prefill if role == PREFILL else self.decode
         _, removed = pool.scale_to(replicas, now)
+        self._capacity_cache = None
         for replica in removed:
             if replica.gone_at is not None:
                 continue
@@ -146,21 +161,34 @@ class FluidServingModel:
             self._advance_chunk(self._second, chunk_end)
             self._second = chunk_end
 
-    def _ready_engines(self, now: float) -> int:
-        return len(self.prefill.ready(now)) * self.engines_per_prefill
-
-    def _ready_capacity(self, now: float) -> tuple[float, float]:
-        """Return (KV tokens of replicas taking work, KV tokens of all ready replicas incl. draining)."""
+    def _capacity(self, now: float) -> tuple[float, float, float]:
+        """Return (ready prefill engines, KV tokens of decode replicas taking work, KV tokens of
+        every decode replica holding work, draining ones included), cached until the replica set
+        changes or a cold start or drain ends."""
+        if self._capacity_cache is not None and now < self._capacity_until:
+            return self._capacity_cache
+        engines = len(self.prefill.ready(now)) * self.engines_per_prefill
         serving = len(self.decode.ready(now)) * self.decode_capacity
-        holding = sum(self.decode_capacity for r in self.decode.replicas if r.ready_at <= now and r.gone_at is None)
-        draining = sum(
-            self.decode_capacity for r in self.decode.replicas if r.draining and r.gone_at is not None and r.ready_at <= now < r.gone_at
-        )
-        return serving, holding + draining
+        holding = 0.0
+        events = [math.inf]
+        for pool in (self.prefill, self.decode):
+            for replica in pool.replicas:
+                if replica.ready_at > now:
+                    events.append(replica.ready_at)
+                if replica.gone_at is not None and replica.gone_at > now:
+                    events.append(replica.gone_at)
+        for replica in self.decode.replicas:
+            if replica.ready_at <= now and (replica.gone_at is None or now < replica.gone_at):
+                holding += self.decode_capacity
+        self._capacity_cache = (float(engines), serving, holding)
+        self._capacity_until = min(events)
+        return self._capacity_cache
+
+    def _ready_engines(self, now: float) -> int:
+        return int(self._capacity(now)[0])
 
     def _advance_chunk(self, first: int, last: int) -> None:
-        engines = float(self._ready_engines(first))
-        serving_tokens, holding_tokens = self._ready_capacity(first)
+        engines, serving_tokens, holding_tokens = self._capacity(first)
         max_running = serving_tokens / self.need_mean
         service_mean = self.service_mean
         context = self.context
@@ -172,13 +200,16 @@ class FluidServingModel:
         queue = self._queue
         running = self._running
         itl = self._itl
+        itl_bounds = self._itl_bounds
+        itl_row = [0.0] * (len(itl_bounds) + 1)
 
         arrivals: list[float] = []
         waits: list[float] = []
         itls: list[float] = []
-        tokens_list: list[float] = []
+        any_wait = False
         usage_sum = 0.0
         departed_sum = 0.0
+        itl_weighted = 0.0
         for second in range(first, last):
             arriving = rate[second]
             work = arriving * service_mean
@@ -191,8 +222,11 @@ class FluidServingModel:
             backlog += work - processed
             queue += processed / service_mean
 
+            # Plain comparisons: this loop runs once per simulated second, and min/max calls cost more.
             space = max_running - running
-            admitted = queue if queue < space else (space if space > 0 else 0.0)
+            if space < 0.0:
+                space = 0.0
+            admitted = queue if queue < space else space
             queue -= admitted
             running += admitted
 
@@ -212,41 +246,65 @@ class FluidServingModel:
             if departed > running:
                 departed = running
             running -= departed
-            decode_wait = queue / departed if queue > 0 and departed > 0 else (0.0 if queue <= 0 else math.inf)
+            if queue > 1e-9:
+                wait += queue / departed if departed > 0 else math.inf
+            if wait > 0:
+                any_wait = True
 
             arrivals.append(arriving)
-            waits.append(wait + decode_wait)
+            waits.append(wait)
             itls.append(itl)
-            tokens_list.append(tokens)
+            itl_row[bisect_left(itl_bounds, itl)] += tokens
+            itl_weighted += itl * tokens
             usage_sum += usage
             departed_sum += departed
 
         self._backlog, self._queue, self._running, self._itl = backlog, queue, running, itl
-        self._record(first, last, np.array(arrivals), np.array(waits), np.array(itls), np.array(tokens_list), usage_sum, departed_sum, engines, holding_tokens)
-
-    def _record(self, first, last, arrivals, waits, itls, tokens, usage_sum, departed_sum, engines, holding_tokens) -> None:
+        step = min(int(first // self.recorder.step_s), self.recorder.steps - 1)
         recorder = self.recorder
-        step = min(int(first // recorder.step_s), recorder.steps - 1)
+        recorder.itl[step] += itl_row
+        recorder.itl_sum[step] += itl_weighted
+        self._record_requests(step, arrivals, waits, itls, any_wait)
+        self._record_gauges(step, last - first, arrivals, usage_sum, departed_sum, engines, holding_tokens)
+
+    def _record_requests(self, step: int, arrivals: list[float], waits: list[float], itls: list[float], any_wait: bool) -> None:
+        recorder = self.recorder
+        total = sum(arrivals)
+        itl_slo = self.itl_slo_s
+        itl_ok = sum(arriving for arriving, itl in zip(arrivals, itls) if itl <= itl_slo)
+        self._arrived += total
+        self._itl_ok += itl_ok
+        if not any_wait:
+            # No queueing in this step: every request's TTFT is its own prefill time.
+            recorder.ttft[step] += self._idle_ttft_shares * total
+            recorder.ttft_sum[step] += total * self.service_mean
+            recorder.queue[step, 0] += total
+            self._ttft_ok += total * self._idle_ttft_ok
+            self._both_ok += itl_ok * self._idle_ttft_ok
+            return
+
         service = self._service_sorted
         count = service.size
-
-        # Share of the length mix whose TTFT (wait + own prefill) is at most each bound.
-        finite = np.where(np.isfinite(waits), waits, 1e12)
+        arrival_array = np.array(arrivals)
+        finite = np.minimum(np.array(waits), 1e12)
         below = np.searchsorted(service, TTFT_BUCKETS[None, :] - finite[:, None], side="right") / count
-        shares = np.diff(np.concatenate([np.zeros((below.shape[0], 1)), below, np.ones((below.shape[0], 1))], axis=1), axis=1)
-        recorder.ttft[step] += arrivals @ shares
-        recorder.ttft_sum[step] += float(np.sum(arrivals * (finite + self.service_mean)))
-        recorder.queue[step] += bucket_counts(finite, TTFT_BUCKETS, weights=arrivals)
-        recorder.queue_sum[step] += float(np.sum(arrivals * finite))
-        recorder.itl[step] += bucket_counts(itls, ITL_BUCKETS, weights=tokens)
-        recorder.itl_sum[step] += float(np.sum(itls * tokens))
-        total = float(arrivals.sum())
+        shares = np.diff(below, axis=1, prepend=0.0, append=1.0)
+        recorder.ttft[step] += arrival_array @ shares
+        recorder.ttft_sum[step] += float(arrival_array @ (finite + self.service_mean))
+        recorder.queue[step] += bucket_counts(finite, TTFT_BUCKETS, weights=arrival_array)
+        recorder.queue_sum[step] += float(arrival_array @ finite)
+        ttft_share = np.searchsorted(service, self.ttft_slo_s - finite, side="right") / count
+        itl_met = np.array(itls) <= itl_slo
+        self._ttft_ok += float(arrival_array @ ttft_share)
+        self._both_ok += float(arrival_array[itl_met] @ ttft_share[itl_met])
+
+    def _record_gauges(self, step, seconds, arrivals, usage_sum, departed_sum, engines, holding_tokens) -> None:
+        recorder = self.recorder
+        total = sum(arrivals)
         recorder.arrivals[step] += total
         recorder.isl_sum[step] += total * self.isl_mean
         recorder.completions[step] += departed_sum
         recorder.osl_sum[step] += departed_sum * self.osl_mean
-
-        seconds = last - first
         recorder.kv_usage[DECODE][step] = usage_sum / seconds if holding_tokens > 0 else math.nan
         recorder.waiting[DECODE][step] = self._queue
         recorder.running[DECODE][step] = self._running
@@ -255,10 +313,3 @@ class FluidServingModel:
         recorder.running[PREFILL][step] = in_service
         prefill_tokens = engines * self.profile.max_kv_tokens
         recorder.kv_usage[PREFILL][step] = in_service * self.isl_mean / prefill_tokens if prefill_tokens > 0 else math.nan
-
-        ttft_share = np.searchsorted(service, self.ttft_slo_s - finite, side="right") / count
-        itl_ok = (itls <= self.itl_slo_s).astype(float)
-        self._arrived += total
-        self._ttft_ok += float(arrivals @ ttft_share)
-        self._itl_ok += float(arrivals @ itl_ok)
-        self._both_ok += float(arrivals @ (ttft_share * itl_ok))

@@ -3,10 +3,10 @@
 The serving models write per-step counters and gauges into a `SignalRecorder`: histogram
 bucket counts of TTFT, ITL (one observation per output token) and queue time, request and
 token counters, and gauges. At a tick, `SignalRecorder.samples` turns the last window into
-one `Sample` per signal: quantiles by `histogram_quantile` over the summed buckets (linear
-interpolation inside a bucket), means as sum/count, rates as increase/window, and gauges as
-their mean (or maximum) over the window. A window without observations is idle (0/0),
-never zero.
+one `Sample` per signal. Quantiles come from `histogram_quantile` over the summed buckets, with
+linear interpolation inside a bucket. Means are sum / count, rates are increase / window, and
+gauges are their mean (or maximum) over the window. A window without observations is idle
+(0/0), never zero.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable
 
 import numpy as np
 
@@ -28,8 +28,9 @@ ROLES = (PREFILL, DECODE)
 def log_buckets(minimum: float, maximum: float, count: int) -> np.ndarray:
     """Return histogram upper bounds as the Dynamo frontend builds them.
 
-    The first bound is 0, then `count - 1` log-spaced values from `minimum` to `maximum`
-    rounded to two significant figures, with repeats removed.
+    The first bound is 0, then the points 1 .. count-1 of a log scale whose point 0 is
+    `minimum` and point count-1 is `maximum` (so the smallest non-zero bound is one step above
+    `minimum`), rounded to two significant figures, with repeats removed.
     """
     values = [0.0]
     for index in range(1, count):
@@ -42,8 +43,8 @@ def log_buckets(minimum: float, maximum: float, count: int) -> np.ndarray:
     return np.array(values)
 
 
-# Default bounds of the Dynamo frontend histograms (TTFT 1 ms..480 s in 18 bounds, ITL
-# 1 ms..2 s in 13 bounds), as set in its http service metrics module.
+# Default bounds of the Dynamo frontend histograms: TTFT from minimum 1 ms to 480 s with 18
+# bounds, ITL from 1 ms to 2 s with 13 bounds (DYN_METRICS_TTFT_* / DYN_METRICS_ITL_* unset).
 TTFT_BUCKETS = log_buckets(0.001, 480.0, 18)
 ITL_BUCKETS = log_buckets(0.001, 2.0, 13)
 
@@ -51,7 +52,7 @@ ITL_BUCKETS = log_buckets(0.001, 2.0, 13)
 def histogram_quantile(quantile: float, bounds: np.ndarray, counts: np.ndarray) -> float:
     """Return the quantile of a histogram with PromQL `histogram_quantile` semantics.
 
-    `counts` holds one count per bucket, not cumulative, with the +Inf bucket last
+    `counts` has one count per bucket, not cumulative, with the +Inf bucket last
     (`len(counts) == len(bounds) + 1`). Returns NaN for an empty histogram. A rank in the
     +Inf bucket returns the largest finite bound; inside a bucket the value is interpolated
     linearly between its lower and upper bound (the lower bound of the first bucket is 0).
@@ -96,8 +97,34 @@ SUPPORTED_SIGNALS = (
 ).split()
 
 
-def is_supported(signal: str) -> bool:
-    return signal in SUPPORTED_SIGNALS or _QUANTILE.match(signal) is not None
+_ROLE_SIGNALS = frozenset({"kv_cache_usage", "kv_cache_usage_max", "requests_waiting", "requests_running"})
+
+
+def histogram_quantile_rows(quantile: float, bounds: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Apply `histogram_quantile` to every row of a 2-D array of bucket counts at once."""
+    cumulative = np.cumsum(counts, axis=1)
+    total = cumulative[:, -1]
+    rank = quantile * total
+    index = np.argmax(cumulative >= rank[:, None] - 1e-12, axis=1)
+    finite = index < bounds.size
+    safe = np.minimum(index, bounds.size - 1)
+    upper = bounds[safe]
+    lower = np.where(safe > 0, bounds[np.maximum(safe - 1, 0)], 0.0)
+    below = np.where(safe > 0, np.take_along_axis(cumulative, np.maximum(safe - 1, 0)[:, None], axis=1)[:, 0], 0.0)
+    in_bucket = np.take_along_axis(counts, safe[:, None], axis=1)[:, 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(in_bucket > 0, lower + (upper - lower) * (rank - below) / in_bucket, upper)
+    value = np.where((safe == 0) & (upper <= 0), upper, value)
+    value = np.where(finite, value, bounds[-1])
+    return np.where(total > 0, value, np.nan)
+
+
+def window_sums(rows: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
+    """Return, for each end step, the sum of `rows[end - width : end]` (fewer rows at the start)."""
+    cumulative = np.concatenate([np.zeros((1,) + rows.shape[1:]), np.cumsum(rows, axis=0)])
+    ends = np.clip(ends, 0, rows.shape[0])
+    starts = np.maximum(ends - width, 0)
+    return cumulative[ends] - cumulative[starts]
 
 
 @dataclass
@@ -126,20 +153,32 @@ class SignalRecorder:
         self.kv_usage = {role: np.full(steps, np.nan) for role in ROLES}
         self.waiting = {role: np.zeros(steps) for role in ROLES}
         self.running = {role: np.zeros(steps) for role in ROLES}
+        self._cache: dict[tuple[str, str], Sample] = {}
+        self._cache_window: tuple[int, int] = (-1, -1)
 
     def samples(self, now: float, window_s: float, role: str, signals: Iterable[str]) -> dict[str, Sample]:
         """Return one sample per signal over the window ending at `now`, for a target of `role`."""
         end = min(int(round(now / self.step_s)), self.steps)
         start = max(0, end - max(1, int(round(window_s / self.step_s))))
         window = (end - start) * self.step_s
+        if self._cache_window != (start, end):
+            self._cache.clear()
+            self._cache_window = (start, end)
         result = {}
         for signal in signals:
-            result[signal] = self._sample(signal, start, end, window, role)
+            # Deployment-wide signals are the same for every target, so one tick computes them once.
+            key = (signal, role if signal in _ROLE_SIGNALS else "")
+            sample = self._cache.get(key)
+            if sample is None:
+                sample = self._sample(signal, start, end, window, role)
+                self._cache[key] = sample
+            result[signal] = sample
         return result
 
     def _sample(self, signal: str, start: int, end: int, window: float, role: str) -> Sample:
         if end <= start:
             return Sample.idle("no simulated time in the window yet")
+
         match = _QUANTILE.match(signal)
         if match:
             family, percent = match.groups()
@@ -150,6 +189,7 @@ class SignalRecorder:
             counts, _ = self._histogram(family, start, end)
             total = {"ttft": self.ttft_sum, "itl": self.itl_sum, "queue_time": self.queue_sum}[family][start:end].sum()
             return _ratio(total, counts.sum())
+
         if signal == "request_rate":
             return Sample.of(self.arrivals[start:end].sum() / window)
         if signal == "isl_mean":
@@ -158,6 +198,7 @@ class SignalRecorder:
             return _ratio(self.osl_sum[start:end].sum(), self.completions[start:end].sum())
         if signal == "decode_throughput":
             return Sample.of(self.itl[start:end].sum() / window)
+
         if signal in ("kv_cache_usage", "kv_cache_usage_max"):
             values = self.kv_usage[role][start:end]
             values = values[~np.isnan(values)]
@@ -183,14 +224,3 @@ def _ratio(total: float, count: float) -> Sample:
         return Sample.idle("0/0 over the window")
     return Sample.of(float(total) / float(count))
 
-
-def observations_for(
-    recorder: SignalRecorder,
-    *,
-    now: float,
-    window_s: float,
-    roles: Mapping[str, str],
-    signals: Mapping[str, list[str]],
-) -> dict[str, dict[str, Sample]]:
-    """Return `{target: {signal: Sample}}` for every target, from its role's view of the recorder."""
-    return {target: recorder.samples(now, window_s, roles[target], signals[target]) for target in roles}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +34,9 @@ BUNDLED_TRACES = {
 }
 
 _AZURE_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:?\d{2})?$")
+
+
+_EPOCH_ORDINAL = datetime(1970, 1, 1).toordinal()
 
 
 class TraceError(ValueError):
@@ -265,8 +269,14 @@ def _read_rate_file(file: Path) -> list[tuple[float, float]]:
                 continue
             if len(row) != 6:
                 raise TraceError(f"{file}:{line}: expected 6 columns (timestamp_s, rate, cv, pattern, shape, scale), got {len(row)}")
-            time_s = _parse_number(row[0], "timestamp_s", file, line)
-            rate = _parse_number(row[1], "rate", file, line)
+            try:
+                time_s = float(row[0])
+                rate = float(row[1])
+            except ValueError:
+                time_s = _parse_number(row[0], "timestamp_s", file, line)
+                rate = _parse_number(row[1], "rate", file, line)
+            if not (math.isfinite(time_s) and math.isfinite(rate)):
+                raise TraceError(f"{file}:{line}: timestamp_s and rate must be finite numbers, got {row[0]!r}, {row[1]!r}")
             if rate < 0:
                 raise TraceError(f"{file}:{line}: rate is {rate}, expected >= 0 requests/s")
             rows.append((time_s, rate))
@@ -294,7 +304,8 @@ def _parse_azure_timestamp(text: str, path: Path, line: int) -> float:
         day = datetime.fromisoformat(date)
     except ValueError:
         raise TraceError(f"{path}:{line}: invalid date in TIMESTAMP {text!r}") from None
-    value = day.toordinal() * 86400.0 + int(hours) * 3600 + int(minutes) * 60 + int(seconds)
+    # Days since 1970 keep seconds near 1e9, where a float64 still resolves 0.1 microseconds.
+    value = (day.toordinal() - _EPOCH_ORDINAL) * 86400.0 + int(hours) * 3600 + int(minutes) * 60 + int(seconds)
     if fraction:
         value += float("0." + fraction)
     if zone and zone != "Z":
