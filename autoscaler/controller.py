@@ -210,6 +210,7 @@ class Controller:
             return
         assert decision.current is not None and decision.desired is not None
         direction = "up" if decision.desired > decision.current else "down"
+
         if self._publish_only(decision.rule):
             logger.debug("publish only: %s %d -> %d is served, not written", ref, decision.current, decision.desired)
             return
@@ -219,6 +220,7 @@ class Controller:
         if not self.may_write():
             logger.info("not the leader: skip scaling %s %d -> %d", ref, decision.current, decision.desired)
             return
+
         try:
             write = self.kube.patch_scale(ref, decision.desired, live.resource_version)
         except ScaleWriteError as error:
@@ -229,6 +231,7 @@ class Controller:
             return
         if self.telemetry is not None:
             self.telemetry.record_patch(decision.target, success=True)
+
         logger.info("scaled %s %s %d -> %d: %s", ref.kind.value, _short(ref), decision.current, decision.desired, decision.reason)
         result.writes.append((decision.target, decision.current, write.new))
         self._last_written[decision.target] = write.new

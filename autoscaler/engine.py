@@ -3,7 +3,7 @@
 `decide` is a function of (time, observations, live scale, state): it runs every policy of
 every target, applies the behaviour layer once per target, and returns one decision per
 target with its reason plus the next state. It reads no clock, makes no query and writes
-nothing; the callers differ only in where time, samples and the live `/scale` come from and
+nothing. The callers differ only in where time, samples and the live `/scale` come from and
 where decisions go.
 """
 
@@ -65,7 +65,7 @@ class TargetSpec:
 
 @dataclass(frozen=True)
 class Decision:
-    """What the engine decided for one target at one tick, with the reason and every step.
+    """The engine's decision for one target at one tick, with the reason and every step.
 
     `desired` is None when nothing may be written (the live scale could not be read).
     """
@@ -152,7 +152,7 @@ def decide(
 ) -> tuple[list[Decision], EngineState]:
     """Decide every target for one tick; return the decisions and the next state.
 
-    `live` holds each target's current `/scale` replicas (None when the read failed) and
+    `live` maps each target to its current `/scale` replicas (None when the read failed) and
     `ready` its ready replicas where known. After each target's policies and behaviour, the
     ratio `bands` raise the smaller side of out-of-band pairs, then the GPU `budgets` (scope
     name -> GPUs) cut proposals by priority. A target missing from `specs` drops out of the

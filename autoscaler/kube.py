@@ -116,4 +116,4 @@ class KubeClient:
         try:
             self.core.create_namespaced_event(ref.namespace, event)
         except ApiException as error:
-            logger.warning("could not create event %s on %s: HTTP %s %s", reason, ref, error.status, error.reason)
+            logger.warning("creating event %s on %s failed: HTTP %s %s", reason, ref, error.status, error.reason)

@@ -1,7 +1,7 @@
 """Turn configuration rules and discovered Grove objects into engine target specs.
 
 The live controller discovers objects through the Kubernetes API, replay takes them from the
-recorded file and the backtest from its simulated cluster; all three build specs here, so a
+recorded file and the backtest from its simulated cluster. All three build specs here, so a
 rule means the same thing everywhere.
 """
 

@@ -8,12 +8,12 @@ The directory has the layout the Dynamo SLA planner reads (`--profile-results-di
         x_kv_usage (0..1), y_context_length (tokens, isl + osl/2), z_itl (ms),
         z_thpt_per_gpu (output tokens/s/GPU), max_kv_tokens ([1], tokens)
 
-Interpolation follows the planner: prefill values by a cubic 1-D interpolation clamped to the
-profiled ISL range; decode values on a regular grid over kv usage 0..1 and context
-0..max(context), filled by a cubic 2-D interpolation of the scattered points with the nearest
-point filling cells outside their convex hull. The planner reads the grid at the nearest cell;
-this module reads it bilinearly so the serving model sees no steps. Times in the files are
-milliseconds; every method here uses seconds.
+Interpolation follows the planner. Prefill values come from a cubic 1-D interpolation clamped
+to the profiled ISL range. Decode values come from a regular grid over kv usage 0..1 and context
+0..max(context), filled by a cubic 2-D interpolation of the scattered points, with the nearest
+point filling cells outside their convex hull. The planner reads the grid at the nearest cell,
+while this module reads it bilinearly, so the serving model gets no steps. Times in the files are
+milliseconds, and every method here uses seconds.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ _KV_USAGE_TOLERANCE = 1e-6
 
 
 class ProfileError(ValueError):
-    """A profiling directory is missing a file or key, or holds invalid values."""
+    """A profiling directory is missing a file or key, or contains invalid values."""
 
 
 @dataclass(frozen=True)
@@ -190,8 +190,8 @@ class _Tables:
         grid_itl = grids[:, :, 0] / 1000.0
         grid_thpt = grids[:, :, 1]
 
-        # A cubic fit can overshoot below zero between sparse points; no engine has a
-        # negative latency or throughput, so floor at the smallest profiled value / zero.
+        # A cubic fit can overshoot below zero between sparse points. No engine has a negative
+        # latency or throughput, so values are floored at the smallest profiled value or zero.
         dense_ttft = np.maximum(dense_ttft, float(ttft.min()) / 1000.0)
         dense_thpt = np.maximum(dense_thpt, float(thpt.min()))
         grid_itl = np.maximum(grid_itl, float(itl.min()) / 1000.0)
