@@ -44,6 +44,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_INVALID
     rules = len(config.targets)
+    if args.manifest:
+        from autoscaler.manifests import check_manifests, load_podcliquesets
+
+        try:
+            podcliquesets = load_podcliquesets(args.manifest)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_INVALID
+        report = check_manifests(config, podcliquesets)
+        for warning in report.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        if report.errors:
+            print(f"{args.config}: invalid against {', '.join(args.manifest)}", file=sys.stderr)
+            for problem in report.errors:
+                print(f"  {problem}", file=sys.stderr)
+            return EXIT_INVALID
     print(f"{args.config}: valid ({rules} target rule{'' if rules == 1 else 's'}, tick every {config.interval_seconds:g} s)")
     return 0
 
@@ -165,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check a configuration file and list every problem")
     validate.add_argument("config", help="path of the YAML configuration")
+    validate.add_argument(
+        "--manifest",
+        action="append",
+        default=[],
+        help="PodCliqueSet manifest to check the rules against (repeatable): missing groups or cliques, cliques inside scaling groups",
+    )
     validate.set_defaults(handler=cmd_validate)
 
     run = commands.add_parser("run", help="run the control loop against the cluster")

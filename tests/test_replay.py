@@ -199,3 +199,29 @@ def test_replay_command_rejects_bad_file(tmp_path, capsys):
     metrics = write_csv(tmp_path, [f"0,{DECODE},replicas,many"])
     assert main(["replay", "--config", str(config_path), "--metrics", str(metrics)]) == 2
     assert "metrics.csv:2: invalid value 'many'" in capsys.readouterr().err
+
+
+def test_podcliqueset_scales_to_zero_and_wakes_on_queue(tmp_path):
+    """Scale-to-zero is a PodCliqueSet-level choice (minReplicas 0); queued demand brings it back."""
+    system = "llm/podcliqueset/sys"
+    config = {
+        "targets": [
+            {
+                "name": "system",
+                "podCliqueSets": {"namespace": "llm"},
+                "level": "podcliqueset",
+                "minReplicas": 0,
+                "maxReplicas": 4,
+                "policies": [{"name": "target", "params": {"signal": "requests_waiting", "type": "AverageValue", "value": 4}}],
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 0}},
+            }
+        ]
+    }
+    rows = [
+        f"0,{system},replicas,1",
+        f"0,{system},requests_waiting,nan",
+        f"15,{system},requests_waiting,nan",
+        f"30,{system},requests_waiting,10",
+    ]
+    records = replay_rows(tmp_path, rows, config)
+    assert [(record["current"], record["desired"]) for record in records] == [(1, 0), (0, 0), (0, 3)]
