@@ -75,16 +75,24 @@ class StuckQueue:
         return 0.0 if self.since is None else max(0.0, now - self.since)
 
 
+# A mean computed as a difference of sums (queue time = TTFT - service time) can come out a few
+# ULPs below zero when every term is 0. Such a value is 0, not a broken series.
+ROUNDING_TOLERANCE = 1e-9
+
+
 def optional_value(sample: Sample | None) -> float | None:
-    """Return a sample's value, 0 for an idle window, and None when unknown, negative or non-finite."""
+    """Return a sample's value, 0 for an idle window, and None when unknown, negative or non-finite.
+
+    A value between -`ROUNDING_TOLERANCE` and 0 is rounding noise and returns 0.
+    """
     if sample is None or sample.is_unknown:
         return None
     if sample.is_idle:
         return 0.0
     value = sample.value
-    if value is None or not math.isfinite(value) or value < 0:
+    if value is None or not math.isfinite(value) or value < -ROUNDING_TOLERANCE:
         return None
-    return float(value)
+    return max(0.0, float(value))
 
 
 def block_scale_down(desire: Desire, current: int, unknown: list[str]) -> Desire:

@@ -304,14 +304,19 @@ class SlaPlannerPolicy:
         reason = f"{rate_note}; {sizing.summary}"
 
         # The queue-time window outlives a burst: add a replica only while requests still wait.
+        # A replica still starting has not served yet, so the queue says nothing about the count
+        # that includes it; adding one per tick until it serves would overshoot by a cold start.
         still_waiting = waiting is None or waiting > 0
+        starting = 0 if context.ready_replicas is None else max(0, current - context.ready_replicas)
         up = max(sizing.up, 1)
-        if queueing and still_waiting and up <= current:
+        if queueing and still_waiting and up <= current and starting == 0:
             up = current + 1
             reason += (
                 f"; {queue_signal} {queue_time * 1000:.0f} ms > queueing budget "
                 f"{sizing.queue_budget_seconds * 1000:.0f} ms: one more replica than the model asks"
             )
+        elif queueing and still_waiting and up <= current:
+            reason += f"; {queue_signal} {queue_time * 1000:.0f} ms > queueing budget, {starting} replica(s) still starting"
         if up > current:
             return Desire.scale_to(up, f"{reason}: scale up to {up}")
 
