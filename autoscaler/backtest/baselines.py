@@ -3,9 +3,10 @@
 Each baseline keeps the rules' targets, bounds and series labels and replaces the policies:
 
 - `static-peak`: no autoscaler; every role runs the oracle's peak replica count all the time.
-- `hpa-kv-cache`: the registry's `kv-cache` policy (target usage 0.8) on every target with the
-  HPA's default behaviour (scale-up: no stabilisation, 4 pods or 100 % per 15 s; scale-down:
-  300 s stabilisation, 100 % per 15 s) and a 15 s interval, as an HPA on the KV-cache gauge.
+- `hpa-kv-cache`: the registry's `kv-cache` policy (target usage 0.8) on every target, every
+  15 s, as an HPA on the KV-cache gauge. It has the HPA's default behaviour. Scale-up has no
+  stabilisation and at most 4 pods or 100 % per 15 s. Scale-down has a 300 s stabilisation
+  window and at most 100 % per 15 s.
 - `dynamo-planner`: the registry's `dynamo-compatible` policy, the Dynamo SLA planner's
   throughput formulas with the constant predictor, adjusting every 180 s over a 180 s
   window, with no stabilisation and no rate limit, as the planner writes its counts directly.
@@ -27,7 +28,7 @@ STATIC = "static-peak"
 HPA_KV_CACHE = "hpa-kv-cache"
 DYNAMO = "dynamo-planner"
 
-# What `behavior: {}` means to the engine: every HPA default of autoscaling/v2.
+# An empty `behavior`, which the engine reads as every HPA default of autoscaling/v2.
 HPA_DEFAULT_BEHAVIOR: dict[str, Any] = {}
 
 # The planner applies its counts as computed: no stabilisation, no rate limit worth the name.

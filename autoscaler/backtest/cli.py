@@ -90,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID_INPUT
+    except OSError as error:
+        # An output file or directory that cannot be written.
+        print(f"error: cannot write {error.filename}: {error.strerror}", file=sys.stderr)
+        return EXIT_INVALID_INPUT
 
 
 def _run(args: argparse.Namespace) -> int:

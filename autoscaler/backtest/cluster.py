@@ -94,8 +94,11 @@ def build_topology(config: Config, manifest: Mapping[str, Any], *, gpus_per_pod:
 def discover_targets(
     config: Config, manifest: Mapping[str, Any], *, gpus_per_pod: float = 1.0, require_role: bool = True
 ) -> list[SimTarget]:
-    """Return the targets every rule selects in the manifest; with `require_role=False` a target
-    whose role cannot be told gets the role "" instead of an error."""
+    """Return the targets every rule selects in the manifest.
+
+    With `require_role=False`, a target whose name shows neither role gets the role "" instead
+    of an error.
+    """
     if gpus_per_pod <= 0 or not math.isfinite(gpus_per_pod):
         raise TopologyError(f"invalid gpus per pod {gpus_per_pod!r}: must be a positive number")
     metadata = manifest.get("metadata") or {}
@@ -245,10 +248,25 @@ class ReplicaPool:
         self.gpus_per_replica = gpus_per_replica
         self.cold_start_s = cold_start_s
         self.replicas: list[Replica] = []
+        self._current: list[Replica] = []
+        self._pruned_at = -math.inf
         self._live_count = 0
 
+    @property
+    def current(self) -> list[Replica]:
+        """Replicas not yet deleted for good: `replicas` keeps every replica ever created for
+        accounting, and scanning it on every tick would grow with the length of the run."""
+        if len(self._current) > 4 * self._live_count + 8:
+            self._current = [replica for replica in self._current if replica.gone_at is None or replica.gone_at > self._pruned_at]
+        return self._current
+
+    def prune(self, now: float) -> None:
+        """Forget, for scans, the replicas deleted at or before `now`."""
+        self._pruned_at = now
+        self._current = [replica for replica in self._current if replica.gone_at is None or replica.gone_at > now]
+
     def live(self) -> list[Replica]:
-        return [replica for replica in self.replicas if not replica.draining and replica.gone_at is None]
+        return [replica for replica in self.current if not replica.draining and replica.gone_at is None]
 
     @property
     def live_count(self) -> int:
@@ -275,7 +293,7 @@ class ReplicaPool:
         return added, removed
 
     def ready(self, now: float) -> list[Replica]:
-        return [r for r in self.replicas if r.ready_at <= now and r.gone_at is None and not r.draining]
+        return [r for r in self.current if r.ready_at <= now and r.gone_at is None and not r.draining]
 
     def gpu_seconds(self, start: float, end: float) -> float:
         total = 0.0
@@ -293,5 +311,6 @@ class ReplicaPool:
     def _add(self, created: float, ready_at: float) -> Replica:
         replica = Replica(id=len(self.replicas), created=created, ready_at=ready_at)
         self.replicas.append(replica)
+        self._current.append(replica)
         self._live_count += 1
         return replica

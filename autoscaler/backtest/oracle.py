@@ -13,7 +13,7 @@ sizes each role with no cold start and no forecasting error:
 
 Its GPU-hours are the sum over windows of the GPUs of those replicas times the window. It
 is a lower bound for a policy that meets the SLOs only as far as the profile's throughput is
-the most a GPU can do at that latency; a policy that misses its SLOs can use fewer.
+the most a GPU can do at that latency. A policy that misses its SLOs can use fewer.
 """
 
 from __future__ import annotations

@@ -184,6 +184,7 @@ def run_policy_set(
     *,
     on_tick: Callable[[float], None] | None = None,
 ) -> PolicyOutcome:
+    """Simulate one policy set over the workload and score it; `on_tick` gets the ticks done."""
     config = policy_set.config
     topology = build_topology(config, manifest, gpus_per_pod=settings.gpus_per_pod)
     discovered = [target.discovered for target in topology.targets]

@@ -15,10 +15,10 @@ whole sequence (`isl + osl` tokens, so nothing is ever preempted), otherwise it 
 FIFO admission queue, and its first token is emitted at admission. All running requests
 advance at one rate, `1 / ITL(kv usage, context)` tokens/s, where kv usage is the tokens held
 (prompt plus generated so far) over the pool's KV capacity and context is the mean tokens per
-running request. The rate is re-evaluated every `step_s` seconds. Because every running
-request advances at the same rate, requests finish in the order of their "virtual" finish
-point (progress of the pool at admission plus their tokens), kept in a heap, so the work is
-one heap push and pop per request plus a few float operations per step, never per token.
+running request. The rate is re-evaluated every `step_s` seconds. Every running request
+advances at the same rate, so each request's finish is a point on the pool's "virtual"
+progress: the progress at its admission plus its tokens. The running requests are numpy
+arrays of these points, and a step costs a few array operations, never work per token.
 Each admitted request is assigned a replica round-robin so a draining replica knows when its
 last request ends.
 
@@ -112,6 +112,8 @@ class EventServingModel:
         return len((self.prefill if role == PREFILL else self.decode).ready(now))
 
     def scale(self, role: str, replicas: int, now: float) -> None:
+        self.prefill.prune(now)
+        self.decode.prune(now)
         if role == PREFILL:
             added, removed = self.prefill.scale_to(replicas, now)
             for replica in added:
@@ -318,7 +320,7 @@ class EventServingModel:
         self._serving = np.array(serving, dtype=np.int64)
         reserved = float(self._reserved_per_replica[self._serving].sum())
         self._free = len(serving) * self.decode_capacity - reserved
-        self._holding = sum(self.decode_capacity for r in self.decode.replicas if r.ready_at <= now and r.gone_at is None)
+        self._holding = sum(self.decode_capacity for r in self.decode.current if r.ready_at <= now and r.gone_at is None)
         pending = [replica.ready_at for replica in self.decode.live() if replica.ready_at > now]
         self._next_ready = min(pending) if pending else math.inf
         self._serving_changed = False
@@ -451,14 +453,14 @@ class EventServingModel:
         return tokens
 
     def _retire_drained(self, now: float) -> None:
-        for replica in self.decode.replicas:
+        for replica in self.decode.current:
             if replica.draining and replica.gone_at is None and self._active_per_replica[replica.id] <= 0:
                 replica.gone_at = now
                 self._serving_changed = True
         self._update_draining()
 
     def _update_draining(self) -> None:
-        ids = [replica.id for replica in self.decode.replicas if replica.draining and replica.gone_at is None]
+        ids = [replica.id for replica in self.decode.current if replica.draining and replica.gone_at is None]
         self._draining_ids = np.array(ids, dtype=np.int64)
         self._draining_busy = bool(ids)
 

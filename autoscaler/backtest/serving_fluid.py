@@ -16,7 +16,7 @@ in the SLO after the waits, and the ITL SLO when that second's ITL does. Histogr
 same distributions, so signals look as they would from Prometheus.
 
 NOTE: Replica readiness and engine counts change at recorder steps (the tick interval or
-less), not at the exact second; the decode admission wait is estimated as queue / departure
+less), not at the exact second. The decode admission wait is estimated as queue / departure
 rate (Little's law).
 """
 
@@ -172,12 +172,13 @@ class FluidServingModel:
         holding = 0.0
         events = [math.inf]
         for pool in (self.prefill, self.decode):
-            for replica in pool.replicas:
+            pool.prune(now)
+            for replica in pool.current:
                 if replica.ready_at > now:
                     events.append(replica.ready_at)
                 if replica.gone_at is not None and replica.gone_at > now:
                     events.append(replica.gone_at)
-        for replica in self.decode.replicas:
+        for replica in self.decode.current:
             if replica.ready_at <= now and (replica.gone_at is None or now < replica.gone_at):
                 holding += self.decode_capacity
         self._capacity_cache = (float(engines), serving, holding)
@@ -203,15 +204,14 @@ class FluidServingModel:
         itl_bounds = self._itl_bounds
         itl_row = [0.0] * (len(itl_bounds) + 1)
 
-        arrivals: list[float] = []
+        arrivals = rate[first:last]
         waits: list[float] = []
         itls: list[float] = []
         any_wait = False
         usage_sum = 0.0
         departed_sum = 0.0
         itl_weighted = 0.0
-        for second in range(first, last):
-            arriving = rate[second]
+        for arriving in arrivals:
             work = arriving * service_mean
             if engines > 0:
                 wait = backlog / engines
@@ -251,7 +251,6 @@ class FluidServingModel:
             if wait > 0:
                 any_wait = True
 
-            arrivals.append(arriving)
             waits.append(wait)
             itls.append(itl)
             itl_row[bisect_left(itl_bounds, itl)] += tokens

@@ -54,27 +54,34 @@ def histogram_quantile(quantile: float, bounds: np.ndarray, counts: np.ndarray) 
 
     `counts` has one count per bucket, not cumulative, with the +Inf bucket last
     (`len(counts) == len(bounds) + 1`). Returns NaN for an empty histogram. A rank in the
-    +Inf bucket returns the largest finite bound; inside a bucket the value is interpolated
-    linearly between its lower and upper bound (the lower bound of the first bucket is 0).
+    +Inf bucket returns the largest finite bound. Inside a bucket the value is interpolated
+    linearly between its lower and upper bound, and the lower bound of the first bucket is 0.
     """
-    total = float(np.sum(counts))
+    # Plain Python over the ~20 buckets: the backtest calls this for every quantile signal at
+    # every tick, and numpy's per-call overhead exceeds the work on arrays this small.
+    values = counts.tolist() if isinstance(counts, np.ndarray) else list(counts)
+    total = sum(values)
     if total <= 0:
         return math.nan
-    cumulative = np.cumsum(counts)
     rank = quantile * total
-    index = int(np.searchsorted(cumulative, rank, side="left"))
-    if index >= bounds.size:
+    below = 0.0
+    index = 0
+    for index, count in enumerate(values):
+        if below + count >= rank:
+            break
+        below += count
+    else:
+        index = len(values)
+    if index >= len(bounds):
         return float(bounds[-1])
     upper = float(bounds[index])
     if index == 0:
         if upper <= 0:
             return upper
         lower = 0.0
-        below = 0.0
     else:
         lower = float(bounds[index - 1])
-        below = float(cumulative[index - 1])
-    in_bucket = float(counts[index])
+    in_bucket = values[index]
     if in_bucket <= 0:
         return upper
     return lower + (upper - lower) * (rank - below) / in_bucket
@@ -154,6 +161,7 @@ class SignalRecorder:
         self.waiting = {role: np.zeros(steps) for role in ROLES}
         self.running = {role: np.zeros(steps) for role in ROLES}
         self._cache: dict[tuple[str, str], Sample] = {}
+        self._histograms: dict[str, np.ndarray] = {}
         self._cache_window: tuple[int, int] = (-1, -1)
 
     def samples(self, now: float, window_s: float, role: str, signals: Iterable[str]) -> dict[str, Sample]:
@@ -163,6 +171,7 @@ class SignalRecorder:
         window = (end - start) * self.step_s
         if self._cache_window != (start, end):
             self._cache.clear()
+            self._histograms.clear()
             self._cache_window = (start, end)
         result = {}
         for signal in signals:
@@ -212,11 +221,12 @@ class SignalRecorder:
         return Sample.unknown(f"signal {signal} is not simulated by the backtest; simulated: {', '.join(SUPPORTED_SIGNALS)}")
 
     def _histogram(self, family: str, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
-        if family == "ttft":
-            return self.ttft[start:end].sum(axis=0), TTFT_BUCKETS
-        if family == "itl":
-            return self.itl[start:end].sum(axis=0), ITL_BUCKETS
-        return self.queue[start:end].sum(axis=0), TTFT_BUCKETS
+        rows, bounds = {"ttft": (self.ttft, TTFT_BUCKETS), "itl": (self.itl, ITL_BUCKETS)}.get(family, (self.queue, TTFT_BUCKETS))
+        counts = self._histograms.get(family)
+        if counts is None:
+            counts = rows[start:end].sum(axis=0)
+            self._histograms[family] = counts
+        return counts, bounds
 
 
 def _ratio(total: float, count: float) -> Sample:
