@@ -14,7 +14,6 @@ is never ignored.
 
 from __future__ import annotations
 
-import copy
 import math
 from abc import ABC, abstractmethod
 from typing import Annotated, Any, Literal, Mapping, Union
@@ -162,7 +161,26 @@ class Forecaster(ABC):
 
     def to_dict(self) -> dict[str, Any]:
         """Return the state as plain JSON types, tagged with the configuration it belongs to."""
-        return {"config": self.config.model_dump(mode="json"), "state": copy.deepcopy(self._state())}
+        return {"config": self._config_json(), "state": _copy_plain(self._state())}
+
+    def _config_json(self) -> dict[str, Any]:
+        # Policies save their forecaster every tick, so the dumped configuration is computed once.
+        cached = getattr(self, "_dumped_config", None)
+        if cached is None:
+            cached = self.config.model_dump(mode="json")
+            self._dumped_config = cached
+        return dict(cached)
+
+
+def _copy_plain(value: Any) -> Any:
+    """Copy nested dicts and lists of JSON scalars; faster than copy.deepcopy, which keeps a memo."""
+    if isinstance(value, dict):
+        return {key: _copy_plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_plain(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_copy_plain(item) for item in value)
+    return value
 
 
 def make_forecaster(config: PolicyParams, state: Mapping[str, Any] | None = None) -> Forecaster:
@@ -296,7 +314,7 @@ class SteppedForecaster(Forecaster):
 
         # Forecast from a copy that has also seen the open step, measured from its centre.
         saved = self.model
-        self.model = copy.deepcopy(saved)
+        self.model = _copy_plain(saved)
         try:
             self._update(self.open_sum / self.open_count, refit=False)
             centre = (self.open_step + 0.5) * self.step
@@ -326,7 +344,7 @@ class SteppedForecaster(Forecaster):
         self.last_time = None if state["last_time"] is None else float(state["last_time"])
         if self.open_step is not None and self.open_count < 1:
             raise ValueError(f"open_count must be >= 1 while a step is open, got {self.open_count}")
-        self.model = copy.deepcopy(dict(state["model"]))
+        self.model = _copy_plain(dict(state["model"]))
         self._check_model()
 
     @abstractmethod
