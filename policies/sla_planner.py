@@ -18,11 +18,17 @@ The sizing starts from the Dynamo planner's model and adds what it misses:
   scales S and the capacity. The decode factor divides the ITL target, as in Dynamo.
 - Queueing (bursts): the waiting requests are a backlog to drain within `queue_drain_seconds`,
   which adds replicas. When the observed queue time exceeds the queueing part of the TTFT
-  budget although the model finds the replicas sufficient, the model is wrong for this load,
-  so the policy requests one more replica than now.
+  budget although the model finds the replicas sufficient, the model is wrong for this load.
+  The policy then requests one more replica than now, unless a replica is still starting.
+- Optional TTFT quantile feedback (`ttft_quantile_signal`, prefill): bursts and long prompts
+  queue more than the M/D/1 model expects. Where the quantile misses the objective, the
+  planned utilisation drops below the observed one; it recovers slowly while the quantile
+  is met.
 - Scale-down only to a count whose replicas stay within the objective with
   `scale_down_headroom` to spare at the current load, and never while requests queue beyond
-  the budget. This band between the scale-up and scale-down limits prevents N <-> N-1 flapping.
+  the budget or during the warm-up (`warmup_seconds` after the first tick, while the
+  forecaster has no history). This band between the scale-up and scale-down limits prevents
+  N <-> N-1 flapping.
 - An idle window (no request arrived and none waits or runs) returns idle. A request rate or
   ISL that is unknown returns unknown, and any other unknown input blocks scale-down.
   A queue that neither drains nor progresses for `stuck_seconds` stops counting.
@@ -37,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from policies.base import Desire, DesireKind, PolicyContext, PolicyParams, PolicyResult
 from policies.dynamo_compatible import load_profile
@@ -73,6 +79,38 @@ class SlaPlannerParams(PolicyParams):
         default=0.1, ge=0, lt=1, description="capacity fraction the replicas left after a scale-down must keep spare"
     )
     queue_drain_seconds: float = Field(default=60.0, gt=0, le=3600, description="seconds in which to drain the waiting requests")
+    ttft_quantile_signal: str | None = Field(
+        default=None,
+        description="prefill only: a TTFT quantile (for example ttft_p99) kept within the TTFT objective by "
+        "lowering the planned utilisation where it was exceeded; null plans with the queue model alone",
+    )
+    min_utilisation: float = Field(
+        default=0.3, gt=0, le=1, description="lowest prefill utilisation the ttft_quantile_signal feedback may plan for"
+    )
+    utilisation_recovery: float = Field(
+        default=0.01, ge=0, le=1, description="utilisation the learned limit regains per tick while the quantile meets the objective near the limit"
+    )
+    quantile_tolerance: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="fraction above the TTFT objective the quantile may reach before the limit drops; histogram "
+        "buckets are coarse near the objective (0.47 s and 1 s bounds by default in Dynamo)",
+    )
+    stable_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="seconds the ready replicas must stay unchanged before the TTFT quantile counts; at least the signal window",
+    )
+    warmup_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="seconds after the policy's first tick with no scale-down, while the forecaster has too little "
+        "history to see a ramp; null means cold_start_seconds",
+    )
     queue_time_signal: str | None = Field(
         default="queue_time_p90",
         description="queue-time statistic compared with the queueing budget; null when the engine exports no queue time",
@@ -95,10 +133,20 @@ class SlaPlannerParams(PolicyParams):
         description="seconds a queue may stay without draining or progress before it stops counting; null disables",
     )
 
-    @field_validator("queue_time_signal", "queue_time_mean_signal", "running_signal")
+    @field_validator("queue_time_signal", "queue_time_mean_signal", "running_signal", "ttft_quantile_signal")
     @classmethod
     def _check_signal(cls, value: str | None) -> str | None:
         return None if value is None else validate_signal_name(value)
+
+    @model_validator(mode="after")
+    def _check_utilisation_range(self) -> SlaPlannerParams:
+        # The default floor (0.3) above a lower max_utilisation is harmless: the limit is clamped
+        # to max_utilisation last. Only an explicit contradiction is an error.
+        if "min_utilisation" in self.model_fields_set and self.min_utilisation > self.max_utilisation:
+            raise ValueError(
+                f"min_utilisation {self.min_utilisation} is above max_utilisation {self.max_utilisation}; lower min_utilisation"
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -125,7 +173,7 @@ class SlaPlannerPolicy:
         params = self.params
         names = [REQUEST_RATE, ISL]
         if params.role == "prefill":
-            names += [TTFT, params.queue_time_mean_signal]
+            names += [TTFT, params.queue_time_mean_signal, params.ttft_quantile_signal]
         else:
             names += [OSL, ITL, THROUGHPUT]
         names += [params.queue_time_signal, WAITING, params.running_signal]
@@ -136,6 +184,7 @@ class SlaPlannerPolicy:
         waiting = optional_value(context.samples.get(WAITING))
         running = optional_value(context.samples.get(self.params.running_signal))
         stuck = self._track_stuck(context, state, waiting, running)
+        warming = self._warming_up(context, state)
 
         rate = read_sample_value(context, REQUEST_RATE)
         if isinstance(rate, Desire) and rate.kind is DesireKind.UNKNOWN:
@@ -156,12 +205,12 @@ class SlaPlannerPolicy:
         load_rate = max(rate_value, predicted)
         backlog = 0.0 if stuck or waiting is None else waiting
         if self.params.role == "prefill":
-            sizing = self._size_prefill(context, state, load_rate, isl, backlog)
+            sizing = self._size_prefill(context, state, load_rate, isl, backlog, observed_rate=rate_value)
         else:
             sizing = self._size_decode(context, state, load_rate, isl, osl, backlog)
 
         rate_note = f"{REQUEST_RATE} {format_number(rate_value)}/s (forecast {format_number(predicted)}/s in {self.params.cold_start_seconds:.0f}s)"
-        return PolicyResult(self._choose(context, sizing, rate_note, waiting, stuck), state)
+        return PolicyResult(self._choose(context, sizing, rate_note, waiting, stuck, warming), state)
 
     # --- inputs ------------------------------------------------------------------------------
 
@@ -182,6 +231,18 @@ class SlaPlannerPolicy:
         tracker.update(context.now, waiting, progress)
         state["stuck"] = tracker.to_state()
         return context.current_replicas > 0 and tracker.stuck_for(context.now) >= self.params.stuck_seconds
+
+    def _warming_up(self, context: PolicyContext, state: dict[str, Any]) -> float | None:
+        """Return the seconds of warm-up left (None when over); the first tick starts the warm-up."""
+        first = state.get("first_tick")
+        if not isinstance(first, (int, float)) or not math.isfinite(first) or first > context.now:
+            first = context.now
+        state["first_tick"] = first
+        warmup = self.params.warmup_seconds
+        if warmup is None:
+            warmup = self.params.cold_start_seconds
+        left = first + warmup - context.now
+        return left if left > 0 else None
 
     def _forecast(self, context: PolicyContext, state: dict[str, Any], rate: float) -> float:
         try:
@@ -219,7 +280,9 @@ class SlaPlannerPolicy:
 
     # --- sizing ------------------------------------------------------------------------------
 
-    def _size_prefill(self, context: PolicyContext, state: dict[str, Any], rate: float, isl: float, backlog: float) -> Sizing:
+    def _size_prefill(
+        self, context: PolicyContext, state: dict[str, Any], rate: float, isl: float, backlog: float, *, observed_rate: float
+    ) -> Sizing:
         params = self.params
         profiled_service = self.profile.prefill_ttft_seconds(isl)
         ttft = optional_value(context.samples.get(TTFT))
@@ -243,6 +306,8 @@ class SlaPlannerPolicy:
             utilisation = min(params.max_utilisation, 2 * (target - service) / (2 * target - service))
         else:
             utilisation = params.max_utilisation
+        limit, limit_note = self._utilisation_limit(context, state, observed_rate * isl / capacity)
+        utilisation = min(utilisation, limit)
 
         demand = rate * isl
         drain = backlog * isl / params.queue_drain_seconds
@@ -251,13 +316,55 @@ class SlaPlannerPolicy:
         summary = (
             f"prefill {format_number(demand)} tokens/s + backlog {format_number(backlog)} over "
             f"{format_number(capacity)} tokens/s per replica at utilisation {utilisation:.2f} "
-            f"(service {service * 1000:.0f} ms, p_corr {correction:.2f})"
+            f"(service {service * 1000:.0f} ms, p_corr {correction:.2f}{limit_note})"
         )
         if not feasible:
             summary += f"; TTFT objective {target * 1000:.0f} ms is below the service time, cannot be met by scaling"
         # Queueing longer than the service time calls for a replica even when the objective is out of reach.
         queue_budget = target - service if feasible else service
         return Sizing(up, down, queue_budget, summary)
+
+    def _utilisation_limit(self, context: PolicyContext, state: dict[str, Any], busy_replicas: float) -> tuple[float, str]:
+        """Return the learned prefill utilisation limit and a note for the reason.
+
+        When the TTFT quantile exceeds the objective (plus `quantile_tolerance`) at an observed
+        utilisation below the limit, the limit drops to 95 % of that utilisation. While the
+        quantile meets the objective at a utilisation within 0.1 of the limit, the limit rises
+        by `utilisation_recovery` per tick up to `max_utilisation`. `busy_replicas` is the
+        observed load in replicas' worth of prefill capacity.
+        """
+        params = self.params
+        if params.ttft_quantile_signal is None:
+            return params.max_utilisation, ""
+        previous = state.get("u_limit")
+        limit = float(previous) if isinstance(previous, (int, float)) and math.isfinite(previous) else params.max_utilisation
+        limit = min(max(limit, params.min_utilisation), params.max_utilisation)
+        state["u_limit"] = limit
+        note = f", utilisation limit {limit:.2f}"
+
+        # The quantile's window must have seen only the current ready replicas.
+        ready = serving_replicas(context)
+        if ready != state.get("ready_count"):
+            state["ready_count"] = ready
+            state["ready_since"] = context.now
+        stable_for = context.now - float(state.get("ready_since", context.now))
+        quantile = optional_value(context.samples.get(params.ttft_quantile_signal))
+        if quantile is None or ready <= 0 or stable_for < params.stable_seconds:
+            return limit, note
+
+        observed = busy_replicas / ready
+        target = params.ttft_slo_seconds
+        if quantile > target * (1 + params.quantile_tolerance) and observed < limit:
+            limit = max(params.min_utilisation, 0.95 * observed)
+            note = (
+                f", utilisation limit {limit:.2f}: {params.ttft_quantile_signal} {quantile * 1000:.0f} ms > "
+                f"objective at utilisation {observed:.2f}"
+            )
+        elif quantile <= target and observed >= limit - 0.1:
+            limit = min(params.max_utilisation, limit + params.utilisation_recovery)
+            note = f", utilisation limit {limit:.2f}"
+        state["u_limit"] = limit
+        return limit, note
 
     def _size_decode(
         self, context: PolicyContext, state: dict[str, Any], rate: float, isl: float, osl: float, backlog: float
@@ -296,6 +403,7 @@ class SlaPlannerPolicy:
         rate_note: str,
         waiting: float | None,
         stuck: bool,
+        warming: float | None,
     ) -> Desire:
         current = context.current_replicas
         queue_signal = self.params.queue_time_signal
@@ -304,8 +412,8 @@ class SlaPlannerPolicy:
         reason = f"{rate_note}; {sizing.summary}"
 
         # The queue-time window outlives a burst: add a replica only while requests still wait.
-        # A replica still starting has not served yet, so the queue says nothing about the count
-        # that includes it; adding one per tick until it serves would overshoot by a cold start.
+        # A replica still starting has not served yet, so the queue cannot show whether the count
+        # that includes it is enough. Adding one per tick until it serves overshoots by a cold start.
         still_waiting = waiting is None or waiting > 0
         starting = 0 if context.ready_replicas is None else max(0, current - context.ready_replicas)
         up = max(sizing.up, 1)
@@ -328,6 +436,8 @@ class SlaPlannerPolicy:
             return Desire.unknown(f"{', '.join(unknown)} unknown: scale-down to {down} blocked ({reason})")
         if queueing:
             return Desire.scale_to(current, f"{reason}: keep {current} while requests queue")
+        if warming is not None:
+            return Desire.scale_to(current, f"{reason}: keep {current} for {warming:.0f}s more of warm-up, then scale down to {down}")
         return Desire.scale_to(down, f"{reason}: scale down to {down}, which meets the objective with headroom")
 
     def _unknown_signals(self, context: PolicyContext) -> list[str]:

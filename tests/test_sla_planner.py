@@ -19,8 +19,9 @@ ISL = 3000.0
 OSL = 150.0
 CONTEXT = ISL + OSL / 2
 
-# Constant forecaster and unsmoothed correction make each tick's desire depend on its samples only.
-DETERMINISTIC = {"forecaster": {"kind": "constant"}, "correction_smoothing": 1.0}
+# Constant forecaster, unsmoothed correction and no warm-up make each tick's desire depend on its
+# samples only.
+DETERMINISTIC = {"forecaster": {"kind": "constant"}, "correction_smoothing": 1.0, "warmup_seconds": 0}
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +65,11 @@ def decode_samples(profile, rate, current, *, running=40.0, waiting=0.0, d_corre
     return values
 
 
-def evaluate(policy, values, *, current, now=0.0, state=None):
+def evaluate(policy, values, *, current, now=0.0, state=None, ready=None):
     samples = {name: value if isinstance(value, Sample) else Sample.of(value) for name, value in values.items()}
-    context = PolicyContext(now=now, target="llm/pclq/pcs-0-prefill", current_replicas=current, samples=samples, state=state or {})
+    context = PolicyContext(
+        now=now, target="llm/pclq/pcs-0-prefill", current_replicas=current, samples=samples, state=state or {}, ready_replicas=ready
+    )
     result = policy.evaluate(context)
     json.dumps(result.state)
     return result
@@ -368,6 +371,167 @@ def test_dynamo_preset_signals(profile):
     assert desire.replicas == 2
 
 
+def test_utilisation_range_rejected():
+    with pytest.raises(ValidationError, match="min_utilisation 0.8 is above max_utilisation 0.6"):
+        SlaPlannerParams.model_validate({"role": "prefill", "min_utilisation": 0.8, "max_utilisation": 0.6})
+    assert SlaPlannerParams.model_validate({"role": "prefill", "max_utilisation": 0.2}).max_utilisation == 0.2
+
+
 def test_invalid_signal_name_rejected():
     with pytest.raises(ValidationError, match="running_signal"):
         SlaPlannerParams.model_validate({"role": "decode", "running_signal": "requests running"})
+
+
+# --- Starting replicas, warm-up and rounding -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case, current, ready, expected",
+    [
+        ("all ready adds one", 3, 3, 4),
+        ("one starting waits for it", 4, 3, 4),
+        ("readiness unknown adds one", 3, None, 4),
+    ],
+)
+def test_queueing_counts_starting_replicas(profile, case, current, ready, expected):
+    policy = planner("prefill")
+    values = prefill_samples(profile, 40, waiting=50, queue_p90=2.0)
+
+    desire = evaluate(policy, values, current=current, ready=ready).desire
+
+    assert desire.replicas == expected, (case, desire.reason)
+
+
+def test_starting_replica_named_in_reason(profile):
+    policy = planner("prefill")
+
+    desire = evaluate(policy, prefill_samples(profile, 40, waiting=50, queue_p90=2.0), current=4, ready=3).desire
+
+    assert "1 replica(s) still starting" in desire.reason
+
+
+def test_rounding_below_zero_queue_time_is_zero(profile):
+    # A mean computed as TTFT minus service time can come out at -2e-15 s when nothing queued.
+    policy = planner("prefill")
+
+    desire = evaluate(policy, prefill_samples(profile, 20, queue_mean=-2e-15), current=3).desire
+
+    assert desire.kind is DesireKind.REPLICAS, desire.reason
+    assert desire.replicas == 2
+
+
+def test_clearly_negative_queue_time_is_unknown(profile):
+    policy = planner("prefill")
+
+    desire = evaluate(policy, prefill_samples(profile, 20, queue_mean=-0.01), current=3).desire
+
+    assert desire.kind is DesireKind.UNKNOWN
+    assert "queue_time_mean" in desire.reason
+
+
+@pytest.mark.parametrize(
+    "case, now, expected",
+    [
+        ("first tick keeps", 0.0, 3),
+        ("inside the warm-up keeps", 105.0, 3),
+        ("after the warm-up scales down", 120.0, 2),
+    ],
+)
+def test_warmup_holds_scale_down(profile, case, now, expected):
+    policy = planner("prefill", warmup_seconds=None)
+    first = evaluate(policy, prefill_samples(profile, 20), current=3, now=0.0)
+
+    desire = evaluate(policy, prefill_samples(profile, 20), current=3, now=now, state=first.state).desire
+
+    assert desire.replicas == expected, (case, desire.reason)
+
+
+def test_warmup_allows_scale_up(profile):
+    policy = planner("prefill", warmup_seconds=None)
+
+    desire = evaluate(policy, prefill_samples(profile, 100), current=3).desire
+
+    assert desire.replicas == 7
+
+
+# --- Utilisation limit from the TTFT quantile ------------------------------------------------
+
+# ISL 3000 gives 49,481 tokens/s per replica and a queue-model utilisation of 0.94, capped at
+# max_utilisation 0.9. At 40/s and 3 replicas the observed utilisation is 120,000 / 148,443 = 0.81.
+QUANTILE = {"ttft_quantile_signal": "ttft_p99", "stable_seconds": 60}
+
+
+@pytest.mark.parametrize(
+    "case, ttft_p99, ready_since, expected_limit, expected_replicas",
+    [
+        ("quantile met near the limit recovers", 0.3, -60.0, 0.9, 3),
+        ("quantile within tolerance keeps", 0.54, -60.0, 0.9, 3),
+        ("quantile missed lowers to 95 % of observed", 0.9, -60.0, 0.77, 4),
+        ("ready count changed recently ignores it", 0.9, -30.0, 0.9, 3),
+    ],
+)
+def test_utilisation_limit_table(profile, case, ttft_p99, ready_since, expected_limit, expected_replicas):
+    policy = planner("prefill", **QUANTILE)
+    state = {"u_limit": 0.9, "ready_count": 3, "ready_since": ready_since}
+
+    result = evaluate(policy, prefill_samples(profile, 40, ttft_p99=ttft_p99), current=3, ready=3, state=state)
+
+    assert result.state["u_limit"] == pytest.approx(expected_limit, abs=0.005), (case, result.desire.reason)
+    assert result.desire.replicas == expected_replicas, (case, result.desire.reason)
+
+
+def test_utilisation_limit_recovers_per_tick(profile):
+    policy = planner("prefill", max_utilisation=0.9, **QUANTILE)
+    state = {"u_limit": 0.8, "ready_count": 3, "ready_since": -60.0}
+
+    result = evaluate(policy, prefill_samples(profile, 40, ttft_p99=0.3), current=3, ready=3, state=state)
+
+    assert result.state["u_limit"] == pytest.approx(0.81)
+
+
+def test_utilisation_limit_floor(profile):
+    policy = planner("prefill", min_utilisation=0.5, **QUANTILE)
+    state = {"u_limit": 0.9, "ready_count": 10, "ready_since": -60.0}
+
+    # 40/s over 10 replicas is utilisation 0.24; the limit stops at min_utilisation.
+    result = evaluate(policy, prefill_samples(profile, 40, ttft_p99=2.0), current=10, ready=10, state=state)
+
+    assert result.state["u_limit"] == pytest.approx(0.5)
+    assert "ttft_p99 2000 ms > objective" in result.desire.reason
+
+
+def test_utilisation_limit_reads_quantile_signal(profile):
+    policy = planner("prefill", **QUANTILE)
+
+    assert "ttft_p99" in policy.signals()
+    assert "ttft_p99" not in planner("prefill").signals()
+
+
+def test_unknown_quantile_blocks_scale_down(profile):
+    policy = planner("prefill", **QUANTILE)
+
+    desire = evaluate(policy, prefill_samples(profile, 20, ttft_p99=Sample.unknown("no series")), current=5).desire
+
+    assert desire.kind is DesireKind.UNKNOWN
+    assert "ttft_p99" in desire.reason
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ticks=st.lists(
+        st.tuples(st.floats(0.1, 300), st.floats(0, 5), st.integers(1, 12)),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_property_utilisation_limit_bounded(ticks):
+    profile = load_profile(None)
+    policy = planner("prefill", min_utilisation=0.3, max_utilisation=0.8, **QUANTILE)
+    state: dict = {}
+    for index, (rate, ttft_p99, ready) in enumerate(ticks):
+        result = evaluate(policy, prefill_samples(profile, rate, ttft_p99=ttft_p99), current=ready, ready=ready, now=index * 15.0, state=state)
+        state = dict(result.state)
+
+        assert 0.3 <= state["u_limit"] <= 0.8
+        assert result.desire.kind is DesireKind.REPLICAS
+        assert result.desire.replicas >= 1
