@@ -117,6 +117,21 @@ class Profile:
         """
         return self._tables.prefill_lookup(self._tables.prefill_ttft_s, isl)
 
+    def prefill_service_seconds(self, isl: float) -> float:
+        """Prefill time of one request alone on an engine, extrapolated beyond the profiled ISL range.
+
+        Inside the range it equals `prefill_ttft_seconds`. Above it, time grows linearly at the
+        throughput of the longest profiled input, so a prompt of ten times that length takes ten
+        times as long instead of the clamped value. This is an estimate: attention cost grows faster
+        than linearly with length, so very long prompts may be slower still. Planner formulas keep
+        the clamped lookup, as Dynamo's planner does; the serving model and oracle use this one.
+        """
+        longest = float(self.prefill_isl[-1])
+        clamped = self.prefill_ttft_seconds(isl)
+        if isinstance(isl, np.ndarray):
+            return np.where(isl > longest, clamped * np.maximum(isl, longest) / longest, clamped)
+        return clamped * isl / longest if isl > longest else clamped
+
     def prefill_throughput_per_gpu(self, isl: float) -> float:
         """Prefill tokens per second per GPU at this input length (float or numpy array)."""
         return self._tables.prefill_lookup(self._tables.prefill_thpt, isl)

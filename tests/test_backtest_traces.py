@@ -178,3 +178,38 @@ def test_scale_rate_is_seeded():
 def test_scale_rate_rejects_bad_factor():
     with pytest.raises(TraceError, match="invalid rate scale"):
         traces.scale_rate(_uniform_trace(), 0)
+
+
+def _burst_trace() -> traces.Trace:
+    """50 arrivals within one second at t=500 s of a 1000 s trace, plus one arrival per 10 s."""
+    background = np.arange(0.0, 1000.0, 10.0)
+    burst = np.linspace(500.0, 500.9, 50)
+    arrival = np.sort(np.concatenate([background, burst]))
+    ones = np.ones(arrival.size, dtype=np.int64)
+    return traces.Trace("burst", arrival, 100 * ones, 10 * ones, 1000.0)
+
+
+def _max_per_second(trace: traces.Trace) -> int:
+    return int(np.bincount(trace.arrival_s.astype(np.int64)).max())
+
+
+def test_scale_rate_jitter_spreads_bursts():
+    trace = _burst_trace()
+    stacked = traces.scale_rate(trace, 10, seed=1, jitter_s=0)
+    spread = traces.scale_rate(trace, 10, seed=1)
+    # The burst of 50 and the background arrival at t=500, ten times over.
+    assert _max_per_second(stacked) == 510
+    # The original burst of 50 stays; the 9 copies spread theirs over about 120 s.
+    assert _max_per_second(spread) < 100
+    assert spread.requests == 10 * trace.requests
+
+
+def test_scale_rate_jitter_stays_inside_trace():
+    scaled = traces.scale_rate(_burst_trace(), 5, seed=2, jitter_s=300)
+    assert scaled.arrival_s.min() >= 0.0
+    assert scaled.arrival_s.max() <= 1000.0
+
+
+def test_scale_rate_rejects_bad_jitter():
+    with pytest.raises(traces.TraceError, match="invalid jitter"):
+        traces.scale_rate(_burst_trace(), 2, jitter_s=-1)

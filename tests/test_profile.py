@@ -156,3 +156,17 @@ def test_pickled_file_rejected(tmp_path):
              prefill_ttft=np.ones(1), prefill_thpt_per_gpu=np.ones(1))
     with pytest.raises(ProfileError, match="prefill_interpolation"):
         Profile.load(directory)
+
+
+def test_prefill_service_extrapolates_beyond_profile():
+    from policies.profile import Profile, bundled_profile_dir
+
+    profile = Profile.load(bundled_profile_dir())
+    low, high = profile.isl_range
+    assert profile.prefill_service_seconds(low) == profile.prefill_ttft_seconds(low)
+    assert profile.prefill_service_seconds(high) == profile.prefill_ttft_seconds(high)
+    # Ten times the longest profiled input takes ten times as long, where the planner's lookup clamps.
+    assert profile.prefill_service_seconds(10 * high) == pytest.approx(10 * profile.prefill_ttft_seconds(high))
+    assert profile.prefill_ttft_seconds(10 * high) == profile.prefill_ttft_seconds(high)
+    array = profile.prefill_service_seconds(np.array([high, 4 * high]))
+    assert array[1] == pytest.approx(4 * array[0])

@@ -52,7 +52,14 @@ def add_parser(subparsers) -> None:
         "--rate-scale",
         default=None,
         help="multiply the request rate, keeping the time axis; a number or 'auto' (scale until the peak needs "
-        f"{DEFAULT_MIN_PEAK_GPUS:g} GPUs; the default for the bundled trace, 1 otherwise)",
+        f"{DEFAULT_MIN_PEAK_GPUS:g} GPUs; the default for the bundled traces, 1 otherwise)",
+    )
+    parser.add_argument(
+        "--jitter",
+        type=_non_negative_seconds,
+        default=traces.DEFAULT_JITTER_SECONDS,
+        help="with --rate-scale above 1: each added copy's arrivals move by a random offset of up to this many seconds "
+        f"(default {traces.DEFAULT_JITTER_SECONDS:g}; 0 stacks every burst)",
     )
 
     parser.add_argument("--config", action="append", help="configuration file of one policy set; repeat to compare several (default: bundled example)")
@@ -201,10 +208,21 @@ def _seconds(text: str | None, option: str) -> float | None:
     return value
 
 
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seconds {text!r}: expected a number >= 0") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"invalid seconds {text!r}: expected a number >= 0")
+    return value
+
+
 def _scale_workload(workload: Workload, args, profile: Profile, prefill_gpus: float, decode_gpus: float, settings: Settings) -> Workload:
     requested = args.rate_scale
     if requested is None:
-        requested = "auto" if args.trace is None else "1"
+        # A bundled trace is scaled to the default fleet size; a user's trace keeps its own rate.
+        requested = "auto" if args.trace is None or args.trace in traces.BUNDLED_TRACES else "1"
     if requested == "auto":
         oracle = _oracle(workload, profile, prefill_gpus, decode_gpus, settings, None)
         factor = max(1.0, math.ceil(DEFAULT_MIN_PEAK_GPUS / max(oracle.peak_gpu_need, 1e-9) * 10) / 10)
@@ -216,7 +234,7 @@ def _scale_workload(workload: Workload, args, profile: Profile, prefill_gpus: fl
     if factor == 1:
         return workload
     if workload.trace is not None:
-        trace = traces.scale_rate(workload.trace, factor, seed=args.seed)
+        trace = traces.scale_rate(workload.trace, factor, seed=args.seed, jitter_s=args.jitter)
         return Workload(name=trace.name, duration_s=trace.duration_s, trace=trace)
     shape = traces.scale_shape(workload.shape, factor)
     return Workload(name=shape.name, duration_s=shape.duration_s, shape=shape, lengths=workload.lengths)

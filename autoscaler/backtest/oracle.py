@@ -52,7 +52,7 @@ def oracle_for_trace(
     index = np.minimum((trace.arrival_s / window_s).astype(np.int64), windows - 1)
     isl = np.maximum(trace.isl, 1).astype(float)
     osl = trace.osl.astype(float)
-    prefill_seconds = np.bincount(index, weights=profile.prefill_ttft_seconds(isl) * gpus_per_engine, minlength=windows)
+    prefill_seconds = np.bincount(index, weights=profile.prefill_service_seconds(isl) * gpus_per_engine, minlength=windows)
     output_tokens = np.bincount(index, weights=osl, minlength=windows)
     requests = np.bincount(index, minlength=windows)
     context_sum = np.bincount(index, weights=isl + osl / 2, minlength=windows)
@@ -74,7 +74,7 @@ def oracle_for_shape(
     """Size each rate-shape window with the mean per-request work of the lengths trace."""
     isl = np.maximum(lengths.isl, 1).astype(float)
     osl = lengths.osl.astype(float)
-    prefill_per_request = float(np.mean(profile.prefill_ttft_seconds(isl))) * gpus_per_engine
+    prefill_per_request = float(np.mean(profile.prefill_service_seconds(isl))) * gpus_per_engine
     output_per_request = float(np.mean(osl))
     context = np.full(shape.rate.size, float(np.mean(isl + osl / 2)))
     return _size(

@@ -83,7 +83,7 @@ class EventServingModel:
         self.osl = trace.osl.astype(float)
         self.decode_tokens = np.maximum(trace.osl - 1, 0).astype(float)
         self.prefill_engines = max(1, int(round(prefill_gpus / gpus_per_engine)))
-        self.service = profile.prefill_ttft_seconds(isl)
+        self.service = profile.prefill_service_seconds(isl)
         self.decode_capacity = profile.max_kv_tokens * decode_gpus / gpus_per_engine
         self.prefill_capacity = profile.max_kv_tokens * prefill_gpus / gpus_per_engine
         # A sequence longer than one replica's KV cache could never be admitted and would
@@ -483,7 +483,8 @@ class EventServingModel:
         indices = np.concatenate(admitted)
         first_token = self.first_token[indices]
         ttft = first_token - self.arrival[indices]
-        queue = ttft - self.service[indices]
+        # Clamped at 0: the subtraction of two nearly equal times leaves rounding noise like -2e-15 s.
+        queue = np.maximum(ttft - self.service[indices], 0.0)
         steps = self._steps_of(first_token)
         recorder = self.recorder
         _add_histogram(recorder.ttft, steps, ttft, TTFT_BUCKETS)

@@ -69,7 +69,7 @@ class FluidServingModel:
 
         isl = np.maximum(lengths.isl, 1).astype(float)
         osl = lengths.osl.astype(float)
-        service = profile.prefill_ttft_seconds(isl)
+        service = profile.prefill_service_seconds(isl)
         self._service_sorted = np.sort(service)
         self.service_mean = float(service.mean())
         self.isl_mean = float(isl.mean())

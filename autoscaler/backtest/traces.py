@@ -224,28 +224,35 @@ def cut_shape(shape: RateShape, start_s: float | None = None, end_s: float | Non
     return RateShape(shape.name, times - times[0], shape.rate[keep], shape.window_s)
 
 
-def scale_rate(trace: Trace, factor: float, seed: int = 0) -> Trace:
+DEFAULT_JITTER_SECONDS = 60.0
+
+
+def scale_rate(trace: Trace, factor: float, seed: int = 0, jitter_s: float = DEFAULT_JITTER_SECONDS) -> Trace:
     """Multiply the request rate by `factor` while keeping the time axis.
 
-    Above 1, the whole copies of the trace are superposed, each shifted by a random offset
-    of up to one mean inter-arrival gap (so bursts keep their shape), and the fractional part
-    is a random subset of one more copy. Below 1, arrivals are thinned at random. Time is
-    never compressed: a one-hour trace stays one hour.
+    Above 1, whole copies of the trace are superposed and the fractional part is a random
+    subset of one more copy. Every arrival of a copy after the first moves by its own uniform
+    offset in [-jitter_s, +jitter_s], reflected at the trace's ends. So the extra users follow
+    the minute-scale shape of the original, but their second-scale bursts are independent of
+    the original's, instead of every burst arriving `factor` times at once. `jitter_s` 0 keeps
+    the copies exactly on the original arrivals. Below 1, arrivals are thinned at random. Time
+    is never compressed: a one-hour trace stays one hour.
     """
     if not np.isfinite(factor) or factor <= 0:
         raise TraceError(f"invalid rate scale {factor!r}: must be a positive number")
+    if not np.isfinite(jitter_s) or jitter_s < 0:
+        raise TraceError(f"invalid jitter {jitter_s!r}: must be a number of seconds >= 0")
     if factor == 1:
         return trace
     rng = np.random.default_rng(seed)
     count = trace.requests
-    gap = trace.duration_s / max(count, 1)
     parts_time, parts_isl, parts_osl = [], [], []
     copies = int(np.floor(factor))
     fraction = factor - copies
     for copy in range(copies + (1 if fraction > 0 else 0)):
         keep = np.ones(count, bool) if copy < copies else rng.random(count) < fraction
-        jitter = 0.0 if copy == 0 else rng.uniform(-gap, gap, count)
-        shifted = np.clip(trace.arrival_s + jitter, 0.0, trace.duration_s)
+        jitter = 0.0 if copy == 0 else rng.uniform(-jitter_s, jitter_s, count)
+        shifted = _reflect(trace.arrival_s + jitter, trace.duration_s)
         parts_time.append(shifted[keep])
         parts_isl.append(trace.isl[keep])
         parts_osl.append(trace.osl[keep])
@@ -253,6 +260,15 @@ def scale_rate(trace: Trace, factor: float, seed: int = 0) -> Trace:
     order = np.argsort(arrival, kind="stable")
     name = f"{trace.name} x{factor:g}"
     return Trace(name, arrival[order], np.concatenate(parts_isl)[order], np.concatenate(parts_osl)[order], trace.duration_s)
+
+
+def _reflect(times: np.ndarray, duration_s: float) -> np.ndarray:
+    """Fold times outside [0, duration] back inside, so the ends get no pile of clipped arrivals."""
+    if duration_s <= 0:
+        return np.zeros_like(times)
+    period = 2 * duration_s
+    folded = np.mod(times, period)
+    return np.where(folded > duration_s, period - folded, folded)
 
 
 def scale_shape(shape: RateShape, factor: float) -> RateShape:
