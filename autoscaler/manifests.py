@@ -1,7 +1,7 @@
 """Check configuration rules against PodCliqueSet manifests, without a cluster.
 
-`grove-autoscaler validate CONFIG --manifest PCS.yaml` uses it to refuse what discovery
-would refuse at run time (a missing scaling group or clique, a clique inside a scaling group)
+`grove-autoscaler validate CONFIG --manifest PCS.yaml` uses it to reject what discovery
+would reject at run time (a missing scaling group or clique, a clique inside a scaling group)
 and to warn about what would be skipped or clamped (Grove's own autoscaling, gang floors).
 """
 

@@ -1,8 +1,8 @@
 """Two `grove-autoscaler run --leader-elect` processes against the emulated API.
 
 Only the leader writes. The test keeps pushing the target below its minimum, so the leader
-writes every tick; the writer of each write is read from the Event it records (its
-reportingInstance is the POD_NAME given to each process).
+writes every tick. The writer of each write is read from the Event it records, whose
+reportingInstance is the POD_NAME given to each process.
 """
 
 import os
