@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import copy
 import datetime
 import threading
 import uuid
@@ -20,6 +19,15 @@ DEFAULT_HISTORY_LIMIT = 10_000
 
 def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _clone(value: Any) -> Any:
+    """Copy a JSON-shaped object (dicts, lists, scalars); much faster than copy.deepcopy for large lists."""
+    if isinstance(value, dict):
+        return {key: _clone(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_clone(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ class Store:
     def try_get(self, resource_type: ResourceType, namespace: str, name: str) -> dict[str, Any] | None:
         with self.condition:
             stored = self._objects[resource_type].get((namespace, name))
-            return copy.deepcopy(stored) if stored is not None else None
+            return _clone(stored) if stored is not None else None
 
     def get(self, resource_type: ResourceType, namespace: str, name: str) -> dict[str, Any]:
         found = self.try_get(resource_type, namespace, name)
@@ -77,7 +85,7 @@ class Store:
         """Return matching objects sorted by namespace and name, and the resourceVersion of the list."""
         with self.condition:
             items = [
-                copy.deepcopy(obj)
+                _clone(obj)
                 for (obj_namespace, _), obj in sorted(self._objects[resource_type].items())
                 if (namespace is None or obj_namespace == namespace) and selector.matches(obj)
             ]
@@ -94,7 +102,7 @@ class Store:
             obj["kind"] = resource_type.kind
             if dry_run:
                 metadata["resourceVersion"] = str(self._resource_version)
-                return copy.deepcopy(obj)
+                return _clone(obj)
             return self._commit(resource_type, obj, "ADDED")
 
     def update(self, resource_type: ResourceType, obj: dict[str, Any], *, precondition_version: str | None,
@@ -122,11 +130,11 @@ class Store:
             obj["apiVersion"] = resource_type.api_version
             obj["kind"] = resource_type.kind
             if _without_resource_version(obj) == _without_resource_version(current):
-                return copy.deepcopy(current)
+                return _clone(current)
             if _spec_part(obj) != _spec_part(current):
                 metadata["generation"] = current_metadata.get("generation", 1) + 1
             if dry_run:
-                return copy.deepcopy(obj)
+                return _clone(obj)
             return self._commit(resource_type, obj, "MODIFIED")
 
     def delete(self, resource_type: ResourceType, namespace: str, name: str, *,
@@ -143,7 +151,7 @@ class Store:
             if precondition_version and precondition_version != current["metadata"]["resourceVersion"]:
                 raise conflict(resource_type, name)
             if dry_run:
-                return copy.deepcopy(current)
+                return _clone(current)
             deleted = self._delete_one(resource_type, namespace, name)
             self._collect_dependents(deleted, resource_type, registry_types)
             return deleted
@@ -161,19 +169,19 @@ class Store:
     def _commit(self, resource_type: ResourceType, obj: dict[str, Any], event_type: str) -> dict[str, Any]:
         self._resource_version += 1
         obj["metadata"]["resourceVersion"] = str(self._resource_version)
-        stored = copy.deepcopy(obj)
+        stored = _clone(obj)
         namespace = stored["metadata"].get("namespace", "")
         if event_type == "DELETED":
             self._objects[resource_type].pop((namespace, stored["metadata"]["name"]), None)
         else:
             self._objects[resource_type][(namespace, stored["metadata"]["name"])] = stored
         self._history.append(WatchEvent(self._resource_version, event_type, resource_type, namespace,
-                                        copy.deepcopy(stored)))
+                                        _clone(stored)))
         self.condition.notify_all()
-        return copy.deepcopy(stored)
+        return _clone(stored)
 
     def _delete_one(self, resource_type: ResourceType, namespace: str, name: str) -> dict[str, Any]:
-        current = copy.deepcopy(self._objects[resource_type][(namespace, name)])
+        current = _clone(self._objects[resource_type][(namespace, name)])
         return self._commit(resource_type, current, "DELETED")
 
     def _collect_dependents(self, deleted: dict[str, Any], deleted_type: ResourceType,
