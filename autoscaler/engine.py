@@ -322,7 +322,15 @@ def _evaluate_policies(
         policy_samples = {
             signal: samples.get(signal, Sample.unknown(f"no sample for signal {signal}")) for signal in policy.signals()
         }
-        context = dataclasses.replace(base, samples=policy_samples, state=previous.policy_state.get(key, {}))
+        context = PolicyContext(
+            now=base.now,
+            target=base.target,
+            current_replicas=base.current_replicas,
+            samples=policy_samples,
+            ready_replicas=base.ready_replicas,
+            interval_seconds=base.interval_seconds,
+            state=previous.policy_state.get(key, {}),
+        )
         try:
             result = policy.evaluate(context)
         except Exception as error:  # a plugin bug must not stop other targets or read as zero
