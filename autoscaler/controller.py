@@ -20,8 +20,8 @@ from kubernetes.client.exceptions import ApiException
 
 from autoscaler.coexistence import find_conflicts, other_writers
 from autoscaler.config import Config
-from autoscaler.engine import Decision, EngineState, TargetSpec, decide, signal_requests
-from autoscaler.kube import KubeClient, ScaleWriteError
+from autoscaler.engine import Decision, EngineState, TargetSpec, decide, forget_scale, signal_requests
+from autoscaler.kube import TRANSPORT_ERRORS, KubeClient, ScaleWriteError
 from autoscaler.coordination import CoordinationError, RatioBand
 from autoscaler.specs import budget_limits, build_bands, build_specs
 from autoscaler.targets import TargetRef
@@ -119,7 +119,14 @@ class Controller:
         result.decisions = decisions
 
         for decision in decisions:
-            self._act(decision, live_targets[decision.target], result)
+            try:
+                written = self._act(decision, live_targets[decision.target], result)
+            except Exception as error:  # one target's failure must not stop the others
+                logger.exception("acting on %s failed", decision.target)
+                result.errors.append(f"{decision.target}: {type(error).__name__}: {error}")
+                written = False
+            if not written:
+                forget_scale(self.state, decision)
         for sink in self.sinks:
             try:
                 sink.publish(now, decisions)
@@ -163,8 +170,9 @@ class Controller:
             if ref.namespace not in hpas:
                 try:
                     hpas[ref.namespace] = self.kube.list_hpas(ref.namespace)
-                except ApiException as error:
-                    message = f"listing HorizontalPodAutoscalers in {ref.namespace} failed (HTTP {error.status}); skipping its targets this tick"
+                except (ApiException, *TRANSPORT_ERRORS) as error:
+                    status = f"HTTP {error.status}" if isinstance(error, ApiException) else type(error).__name__
+                    message = f"listing HorizontalPodAutoscalers in {ref.namespace} failed ({status}); skipping its targets this tick"
                     logger.error(message)
                     result.errors.append(message)
                     hpas[ref.namespace] = None
@@ -203,23 +211,24 @@ class Controller:
             result.errors.append(str(error))
             return []
 
-    def _act(self, decision: Decision, live: LiveTarget, result: TickResult) -> None:
+    def _act(self, decision: Decision, live: LiveTarget, result: TickResult) -> bool:
+        """Write a changed decision; return True only when `/scale` was patched."""
         ref = TargetRef.parse(decision.target)
         if not decision.changes_scale:
             logger.debug("hold %s at %s: %s", ref, decision.current, decision.reason)
-            return
+            return False
         assert decision.current is not None and decision.desired is not None
         direction = "up" if decision.desired > decision.current else "down"
 
         if self._publish_only(decision.rule):
             logger.debug("publish only: %s %d -> %d is served, not written", ref, decision.current, decision.desired)
-            return
+            return False
         if self.dry_run:
             logger.info("dry-run: would scale %s %s %d -> %d: %s", ref.kind.value, _short(ref), decision.current, decision.desired, decision.reason)
-            return
+            return False
         if not self.may_write():
             logger.info("not the leader: skip scaling %s %d -> %d", ref, decision.current, decision.desired)
-            return
+            return False
 
         try:
             write = self.kube.patch_scale(ref, decision.desired, live.resource_version)
@@ -228,7 +237,7 @@ class Controller:
             result.errors.append(str(error))
             if self.telemetry is not None:
                 self.telemetry.record_patch(decision.target, success=False)
-            return
+            return False
         if self.telemetry is not None:
             self.telemetry.record_patch(decision.target, success=True)
 
@@ -241,6 +250,7 @@ class Controller:
             reason="ScaledUp" if direction == "up" else "ScaledDown",
             message=f"scaled {decision.current} -> {decision.desired}: {decision.reason}",
         )
+        return True
 
 
     def _publish_only(self, rule_name: str) -> bool:

@@ -188,6 +188,23 @@ def decide(
     return decisions, next_state
 
 
+def forget_scale(state: EngineState, decision: Decision) -> None:
+    """Remove the scale event recorded for a decision that was not written.
+
+    The engine records every change it decides as applied, so rate limits count it. A caller
+    that did not write it (dry run, not the leader, a failed patch) calls this, so the next
+    tick's limits count only what reached the cluster.
+    """
+    target_state = state.targets.get(decision.target)
+    if target_state is None or not decision.changes_scale:
+        return
+    assert decision.current is not None and decision.desired is not None
+    events = list(target_state.history.scale_events)
+    if events and events[-1] == (decision.time, decision.desired - decision.current):
+        events.pop()
+    target_state.history = ScaleHistory(list(target_state.history.recommendations), events)
+
+
 def _with_adjustment(decision: Decision, adjustment: Adjustment) -> Decision:
     return dataclasses.replace(
         decision,

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -25,6 +26,10 @@ FIELD_MANAGER = "grove-autoscaler"
 # The pod name in a cluster (set from the downward API), else the host name and process id.
 INSTANCE = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 CONFLICT_RETRIES = 3
+DEFAULT_TIMEOUT_SECONDS = 10.0
+
+# What a call may raise besides an HTTP error status: a dropped connection, a timeout, a reset.
+TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
 
 
 class ScaleWriteError(Exception):
@@ -44,8 +49,9 @@ class ScaleWrite:
 class KubeClient:
     """Thin typed wrapper over the official client for the calls the controller makes."""
 
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(self, api_client: client.ApiClient, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         self.api_client = api_client
+        self.timeout = timeout_seconds
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.autoscaling = client.AutoscalingV2Api(api_client)
@@ -53,17 +59,19 @@ class KubeClient:
     def list_objects(self, kind: Kind, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
         """List one Grove kind in a namespace; raise ApiException on failure."""
         response = self.custom.list_namespaced_custom_object(
-            GROUP, VERSION, namespace, kind.plural, label_selector=label_selector or None
+            GROUP, VERSION, namespace, kind.plural, label_selector=label_selector or None, _request_timeout=self.timeout
         )
         return list(response.get("items", []))
 
     def list_hpas(self, namespace: str) -> list[dict[str, Any]]:
-        response = self.autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace)
+        response = self.autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace, _request_timeout=self.timeout)
         return [self.api_client.sanitize_for_serialization(item) for item in response.items]
 
     def read_scale(self, ref: TargetRef) -> dict[str, Any]:
         """Return the object's autoscaling/v1 Scale as a dict."""
-        return self.custom.get_namespaced_custom_object_scale(GROUP, VERSION, ref.namespace, ref.kind.plural, ref.name)
+        return self.custom.get_namespaced_custom_object_scale(
+            GROUP, VERSION, ref.namespace, ref.kind.plural, ref.name, _request_timeout=self.timeout
+        )
 
     def patch_scale(self, ref: TargetRef, replicas: int, resource_version: str | None) -> ScaleWrite:
         """Set `/scale` spec.replicas, guarded by the resourceVersion the decision was made on.
@@ -79,12 +87,18 @@ class KubeClient:
                 body["metadata"] = {"resourceVersion": resource_version}
             try:
                 response = self.custom.patch_namespaced_custom_object_scale(
-                    GROUP, VERSION, ref.namespace, ref.kind.plural, ref.name, body, field_manager=FIELD_MANAGER
+                    GROUP, VERSION, ref.namespace, ref.kind.plural, ref.name, body, field_manager=FIELD_MANAGER,
+                    _request_timeout=self.timeout,
                 )
+            except TRANSPORT_ERRORS as error:
+                raise ScaleWriteError(f"patch {ref} /scale to {replicas} failed: {type(error).__name__}: {error}") from error
             except ApiException as error:
                 if error.status != 409 or attempt == CONFLICT_RETRIES:
                     raise ScaleWriteError(f"patch {ref} /scale to {replicas} failed: HTTP {error.status} {error.reason}") from error
-                fresh = self.read_scale(ref)
+                try:
+                    fresh = self.read_scale(ref)
+                except (ApiException, *TRANSPORT_ERRORS) as read_error:
+                    raise ScaleWriteError(f"patch {ref} /scale to {replicas} failed: conflict, then reading it failed: {read_error}") from read_error
                 old = int(fresh.get("spec", {}).get("replicas", 0))
                 resource_version = fresh.get("metadata", {}).get("resourceVersion")
                 logger.info("conflict on %s /scale, retrying on resourceVersion %s (live replicas %d)", ref, resource_version, old)
@@ -114,6 +128,8 @@ class KubeClient:
             count=1,
         )
         try:
-            self.core.create_namespaced_event(ref.namespace, event)
+            self.core.create_namespaced_event(ref.namespace, event, _request_timeout=self.timeout)
         except ApiException as error:
             logger.warning("creating event %s on %s failed: HTTP %s %s", reason, ref, error.status, error.reason)
+        except TRANSPORT_ERRORS as error:
+            logger.warning("creating event %s on %s failed: %s: %s", reason, ref, type(error).__name__, error)

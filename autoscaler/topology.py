@@ -16,7 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from autoscaler.config import Config, TargetConfig
 from autoscaler.gpus import TemplateError, gpus_per_replica
-from autoscaler.kube import KubeClient
+from autoscaler.kube import TRANSPORT_ERRORS, KubeClient
 from autoscaler.specs import DiscoveredTarget
 from autoscaler.targets import Kind, TargetRef
 
@@ -164,6 +164,10 @@ class TopologyReader:
                 self._discover_rule(rule, cache, discovery)
             except ApiException as error:
                 message = f"target rule {rule.name!r}: listing objects in namespace {rule.pod_clique_sets.namespace!r} failed: HTTP {error.status} {error.reason}"
+                logger.error(message)
+                discovery.errors.append(message)
+            except TRANSPORT_ERRORS as error:
+                message = f"target rule {rule.name!r}: listing objects in namespace {rule.pod_clique_sets.namespace!r} failed: {type(error).__name__}: {error}"
                 logger.error(message)
                 discovery.errors.append(message)
         if config.budgets:

@@ -66,15 +66,42 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
     """Read the first PodCliqueSet document of a YAML file; raise TopologyError."""
     path = Path(path)
     try:
-        documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        documents = list(yaml.safe_load_all(read_text(path)))
     except OSError as error:
         raise TopologyError(f"{path}: cannot read file: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise TopologyError(describe_decode_error(path, error)) from None
     except yaml.YAMLError as error:
-        raise TopologyError(f"{path}: invalid YAML: {error}") from None
+        raise TopologyError(describe_yaml_error(path, error)) from None
     for document in documents:
         if isinstance(document, dict) and document.get("kind") == "PodCliqueSet":
             return document
     raise TopologyError(f"{path}: no document with kind: PodCliqueSet")
+
+
+def read_text(path: Path) -> str:
+    """Return a file's text decoded as UTF-8; raise OSError or UnicodeDecodeError."""
+    return path.read_bytes().decode("utf-8")
+
+
+def describe_decode_error(path: Path, error: UnicodeDecodeError) -> str:
+    """Return a one-line message naming the file and the first byte that is not UTF-8."""
+    line = error.object.count(b"\n", 0, error.start) + 1
+    return f"{path}:{line}: not UTF-8 text (invalid byte 0x{error.object[error.start]:02x} at byte offset {error.start})"
+
+
+def describe_yaml_error(path: Path, error: yaml.YAMLError) -> str:
+    """Return a one-line message naming the file, the line and column of the YAML mark, and the problem.
+
+    PyYAML's own text names the stream `<unicode string>` when it parsed a string, and spans lines.
+    """
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    context = getattr(error, "context", None)
+    detail = f"{context}, {problem}" if context else problem
+    if mark is None:
+        return f"{path}: invalid YAML: {detail}"
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {detail}"
 
 
 def build_topology(config: Config, manifest: Mapping[str, Any], *, gpus_per_pod: float = 1.0) -> Topology:

@@ -38,6 +38,12 @@ _AZURE_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})[ T](\d{2}):(\d{2}):(\d{2})(
 
 _EPOCH_ORDINAL = datetime(1970, 1, 1).toordinal()
 
+# Upper bounds on trace values. They are far above any served model's context (about 10^7
+# tokens today) and any published trace (weeks), and they keep token counts within int64 and
+# the per-second arrays of the fluid model within memory.
+MAX_TOKENS = 100_000_000
+MAX_DURATION_S = 400 * 86400.0
+
 
 class TraceError(ValueError):
     """A trace file that cannot be read; the message names the file and, for a bad row, the line."""
@@ -90,7 +96,10 @@ def detect_format(path: Path) -> str:
         return "servegen"
     if path.suffix in (".jsonl", ".json"):
         return "mooncake"
-    first = _first_line(path)
+    try:
+        first = _first_line(path)
+    except UnicodeDecodeError as error:
+        raise _not_utf8(path, error) from None
     if first.startswith("TIMESTAMP"):
         return "azure"
     if first.startswith("time_s"):
@@ -110,7 +119,10 @@ def load(path: str | Path, trace_format: str = "auto") -> Trace | RateShape:
     loaders = {"azure": load_azure, "mooncake": load_mooncake, "generic": load_generic, "servegen": load_servegen}
     if trace_format not in loaders:
         raise TraceError(f"unknown trace format {trace_format!r}; expected one of {', '.join(FORMATS)}")
-    return loaders[trace_format](path)
+    try:
+        return loaders[trace_format](path)
+    except UnicodeDecodeError as error:
+        raise _not_utf8(path, error) from None
 
 
 def load_azure(path: str | Path) -> Trace:
@@ -185,7 +197,11 @@ def load_servegen(path: str | Path) -> RateShape:
         raise TraceError(f"{path}: no *.csv rate files in this directory")
     total: dict[float, float] = {}
     for file in files:
-        for time_s, rate in _read_rate_file(file):
+        try:
+            rows = _read_rate_file(file)
+        except UnicodeDecodeError as error:
+            raise _not_utf8(file, error) from None
+        for time_s, rate in rows:
             total[time_s] = total.get(time_s, 0.0) + rate
     times = np.array(sorted(total), dtype=float)
     rates = np.array([total[time_s] for time_s in times], dtype=float)
@@ -195,6 +211,9 @@ def load_servegen(path: str | Path) -> RateShape:
     window = float(np.min(steps))
     if window <= 0 or not np.allclose(steps, window):
         raise TraceError(f"{path}: windows must be evenly spaced; found steps from {steps.min()} s to {steps.max()} s")
+    duration = float(times[-1] - times[0] + window)
+    if duration > MAX_DURATION_S:
+        raise TraceError(f"{path}: the windows span {duration:.4g} s, more than the maximum {MAX_DURATION_S:.0f} s ({MAX_DURATION_S / 86400:.0f} days)")
     name = path.name if path.is_dir() else path.stem
     return RateShape(name=name, time_s=times - times[0], rate=rates, window_s=window)
 
@@ -299,6 +318,11 @@ def _read_rate_file(file: Path) -> list[tuple[float, float]]:
     return rows
 
 
+def _not_utf8(path: Path, error: UnicodeDecodeError) -> TraceError:
+    # The decoder's offset counts from the start of its read buffer, not of the file, so it is left out.
+    return TraceError(f"{path}: not UTF-8 text (invalid byte 0x{error.object[error.start]:02x}); save the trace as UTF-8")
+
+
 def _open(path: Path):
     try:
         return path.open(encoding="utf-8", newline="")
@@ -332,6 +356,9 @@ def _parse_azure_timestamp(text: str, path: Path, line: int) -> float:
 
 
 def _parse_number(value: object, field: str, path: Path, line: int) -> float:
+    # JSON true/false would otherwise pass as 1/0.
+    if isinstance(value, bool):
+        raise TraceError(f"{path}:{line}: {field} is {json.dumps(value)}, expected a number")
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -343,8 +370,8 @@ def _parse_number(value: object, field: str, path: Path, line: int) -> float:
 
 def _parse_tokens(value: object, field: str, path: Path, line: int) -> int:
     number = _parse_number(value, field, path, line)
-    if number < 0 or number != int(number):
-        raise TraceError(f"{path}:{line}: {field} is {value!r}, expected a whole number of tokens >= 0")
+    if number < 0 or number > MAX_TOKENS or number != int(number):
+        raise TraceError(f"{path}:{line}: {field} is {value!r}, expected a whole number of tokens from 0 to {MAX_TOKENS}")
     return int(number)
 
 
@@ -354,6 +381,13 @@ def _make_trace(name: str, times: list[float], isl: list[int], osl: list[int], p
     arrival = np.asarray(times, dtype=float)
     order = np.argsort(arrival, kind="stable")
     arrival = arrival[order] - arrival[order][0]
+    if not np.isfinite(arrival[-1]) or arrival[-1] > MAX_DURATION_S:
+        first, last = int(order[0]), int(order[-1])
+        raise TraceError(
+            f"{path}: the requests span {arrival[-1]:.4g} s (request {first + 1} at {times[first]:.6g} s to request "
+            f"{last + 1} at {times[last]:.6g} s), more than the maximum {MAX_DURATION_S:.0f} s ({MAX_DURATION_S / 86400:.0f} days); "
+            "check the time unit"
+        )
     return Trace(
         name=name,
         arrival_s=arrival,
