@@ -153,10 +153,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _replayed_decisions(config, args: argparse.Namespace):
     """Return the decisions of one replayed tick: the one at --at, else the last."""
-    from autoscaler.replay import ReplayError, read_recording, replay
+    from autoscaler.replay import ReplayError, catalog_check, read_recording, replay
 
     try:
-        recording = read_recording(args.metrics)
+        recording = read_recording(args.metrics, catalog_check(config))
         decisions = list(replay(config, recording, args.metrics))
     except ReplayError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -22,6 +22,19 @@ class ConfigError(Exception):
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_booleans_for_numbers(cls, data: Any) -> Any:
+        """Reject `true`/`false` where a number is expected; pydantic would read them as 1 and 0."""
+        if not isinstance(data, dict):
+            return data
+        for name, field_info in cls.model_fields.items():
+            key = field_info.alias if field_info.alias in data else name
+            value = data.get(key)
+            if isinstance(value, bool) and field_info.annotation in (int, float, int | None, float | None):
+                raise ValueError(f"{key}: expected a number, got {value!r}")
+        return data
+
 
 # --- HPA-shaped behavior (autoscaling/v2 HorizontalPodAutoscalerBehavior) ---------------------
 
@@ -166,8 +179,8 @@ class TargetConfig(Strict):
     clique: CliqueSelector | None = None
     allow_clique_in_scaling_group: bool = Field(default=False, alias="allowCliqueInScalingGroup")
     policies: list[PolicyConfig] = Field(min_length=1)
-    min_replicas: int = Field(default=1, alias="minReplicas", ge=0)
-    max_replicas: int = Field(alias="maxReplicas", ge=1)
+    min_replicas: int = Field(default=1, alias="minReplicas", ge=0, le=100_000)
+    max_replicas: int = Field(alias="maxReplicas", ge=1, le=100_000)
     behavior: Behavior | None = None
     series_labels: SeriesLabels | None = Field(default=None, alias="seriesLabels")
     signal_labels: dict[str, SeriesLabels] = Field(default_factory=dict, alias="signalLabels")
@@ -196,7 +209,7 @@ class BudgetConfig(Strict):
     """A GPU budget shared by the targets of `rules` in `namespaces` (each list: all when empty)."""
 
     name: str
-    max_gpus: float = Field(alias="maxGpus", gt=0)
+    max_gpus: float = Field(alias="maxGpus", gt=0, le=10_000_000)
     namespaces: list[str] = Field(default_factory=list)
     rules: list[str] = Field(default_factory=list)
 
@@ -267,27 +280,28 @@ class Config(Strict):
                 problems.extend(_series_label_problems(labels, f"targets[{index}].signalLabels.{signal}"))
         return problems
 
-    @model_validator(mode="after")
-    def _unique_target_names(self) -> Config:
+    def reference_problems(self) -> list[str]:
+        """Return one message per duplicate name or reference to a missing rule."""
+        problems = []
         seen: set[str] = set()
-        for target in self.targets:
+        for index, target in enumerate(self.targets):
             if target.name in seen:
-                raise ValueError(f"target name {target.name!r} is used twice; names must be unique")
+                problems.append(f"targets[{index}].name: {target.name!r} is used twice; rule names must be unique")
             seen.add(target.name)
         for index, band in enumerate(self.ratio_bands):
             for side in ("numerator", "denominator"):
                 rule = getattr(band, side)
                 if rule not in seen:
-                    raise ValueError(f"ratioBands[{index}].{side}: no target rule named {rule!r}")
+                    problems.append(f"ratioBands[{index}].{side}: no target rule named {rule!r}")
+        budget_names: set[str] = set()
         for index, budget in enumerate(self.budgets):
+            if budget.name in budget_names:
+                problems.append(f"budgets[{index}].name: {budget.name!r} is used twice; budget names must be unique")
+            budget_names.add(budget.name)
             for rule in budget.rules:
                 if rule not in seen:
-                    raise ValueError(f"budgets[{index}].rules: no target rule named {rule!r}")
-        names = [budget.name for budget in self.budgets]
-        for name in names:
-            if names.count(name) > 1:
-                raise ValueError(f"budget name {name!r} is used twice; names must be unique")
-        return self
+                    problems.append(f"budgets[{index}].rules: no target rule named {rule!r}")
+        return problems
 
 
 def _field_path(location: tuple[Any, ...]) -> str:
@@ -373,6 +387,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     except ValidationError as error:
         problems.extend(format_validation_error(error))
     if config is not None:
+        problems.extend(config.reference_problems())
         problems.extend(config.series_label_problems())
     policy_problems = _policy_problems(data)
     problems.extend(policy_problems)
@@ -383,15 +398,45 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     return config
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML configuration file; raise ConfigError with every problem."""
-    path = Path(path)
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that rejects a mapping key written twice, which YAML would let the last win."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (first on line {seen[key] + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_error_message(error: yaml.YAMLError) -> str:
+    """Describe a YAML error by line and column instead of PyYAML's multi-line text."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    context = getattr(error, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"invalid YAML: {where}{problem}" + (f" ({context})" if context else "")
+
+
+def load_yaml(path: Path) -> Any:
+    """Read one YAML document; raise ConfigError naming the file for unreadable, non-UTF-8 or malformed input."""
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(str(path), [f"not UTF-8 text: invalid byte at position {error.start}"]) from None
     except OSError as error:
         raise ConfigError(str(path), [f"cannot read file: {error.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
-        raise ConfigError(str(path), [f"invalid YAML: {error}"]) from None
-    return parse_config(data, str(path))
+        raise ConfigError(str(path), [yaml_error_message(error)]) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML configuration file; raise ConfigError with every problem."""
+    path = Path(path)
+    return parse_config(load_yaml(path), str(path))

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from autoscaler.config import Config, LabelSelector, TargetConfig
+from autoscaler.config import Config, LabelSelector, TargetConfig, yaml_error_message
 
 
 @dataclass
@@ -28,14 +28,21 @@ def load_podcliquesets(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     for path in paths:
         try:
             documents = list(yaml.safe_load_all(Path(path).read_text(encoding="utf-8")))
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: not UTF-8 text: invalid byte at position {error.start}") from None
         except OSError as error:
             raise ValueError(f"{path}: cannot read file: {error.strerror}") from None
         except yaml.YAMLError as error:
-            raise ValueError(f"{path}: invalid YAML: {error}") from None
-        for document in documents:
-            if isinstance(document, dict) and document.get("kind") == "PodCliqueSet":
-                document.setdefault("metadata", {}).setdefault("namespace", "default")
-                found.append(document)
+            raise ValueError(f"{path}: {yaml_error_message(error)}") from None
+        podcliquesets = [doc for doc in documents if isinstance(doc, dict) and doc.get("kind") == "PodCliqueSet"]
+        if not podcliquesets:
+            raise ValueError(f"{path}: no document with kind: PodCliqueSet")
+        for document in podcliquesets:
+            metadata = document.setdefault("metadata", {})
+            if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str):
+                raise ValueError(f"{path}: a PodCliqueSet has no metadata.name")
+            metadata.setdefault("namespace", "default")
+            found.append(document)
     return found
 
 
@@ -94,7 +101,9 @@ def _check_rule(path: str, rule: TargetConfig, pcs: dict[str, Any], report: Mani
         if group.get("scaleConfig") and not overridden:
             report.warnings.append(f"{path}: scaling group {rule.scaling_group!r} of {name} has scaleConfig, so Grove runs its own HPA; the target will be skipped")
         floor = int(group.get("minAvailable", 1))
-        if rule.min_replicas < floor:
+        if floor > rule.max_replicas:
+            report.errors.append(f"{path}.maxReplicas: {rule.max_replicas} is below minAvailable {floor} of {name}/{rule.scaling_group}; raise maxReplicas")
+        elif rule.min_replicas < floor:
             report.warnings.append(f"{path}.minReplicas: {rule.min_replicas} is below minAvailable {floor} of {name}/{rule.scaling_group}; the floor applies")
         return
 
@@ -125,5 +134,7 @@ def _check_clique(path: str, rule: TargetConfig, pcs_name: str, clique: dict, gr
     if spec.get("autoScalingConfig") and not (rule.ignore_other_autoscalers or rule.publish_only):
         report.warnings.append(f"{path}: clique {clique_name!r} of {pcs_name} has autoScalingConfig, so Grove runs its own HPA; the target will be skipped")
     floor = int(spec.get("minAvailable", spec.get("replicas", 1)))
-    if rule.min_replicas < floor:
+    if floor > rule.max_replicas:
+        report.errors.append(f"{path}.maxReplicas: {rule.max_replicas} is below minAvailable {floor} of {pcs_name}/{clique_name}; raise maxReplicas")
+    elif rule.min_replicas < floor:
         report.warnings.append(f"{path}.minReplicas: {rule.min_replicas} is below minAvailable {floor} of {pcs_name}/{clique_name}; the floor applies")

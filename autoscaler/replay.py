@@ -10,12 +10,13 @@ target's gang floor and `gpus_per_replica` its GPUs, which GPU budgets need.
 from __future__ import annotations
 
 import csv
+import logging
 import dataclasses
 import datetime
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from autoscaler.config import Config, TargetConfig
 from autoscaler.engine import Decision, EngineState, decide
@@ -23,10 +24,13 @@ from autoscaler.specs import LEVEL_KINDS, DiscoveredTarget, budget_limits, build
 from autoscaler.targets import Kind, TargetRef
 from metrics.sample import Sample
 
+logger = logging.getLogger(__name__)
+
 HEADER = ["time", "target", "signal", "value"]
 REPLICAS = "replicas"
 MIN_AVAILABLE = "min_available"
 GPUS_PER_REPLICA = "gpus_per_replica"
+PSEUDO_SIGNALS = (REPLICAS, MIN_AVAILABLE, GPUS_PER_REPLICA)
 
 
 class ReplayError(ValueError):
@@ -53,9 +57,13 @@ class Recording:
 def _parse_time(text: str, where: str) -> tuple[float, bool]:
     """Return (seconds, is_rfc3339)."""
     try:
-        return float(text), False
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise ReplayError(f"{where}: invalid time {text!r}: expected finite seconds from start or RFC 3339")
+        return seconds, False
     try:
         parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -82,59 +90,78 @@ def _parse_value(text: str, where: str) -> Sample:
     return Sample.of(number)
 
 
+MAX_COUNT = 100_000
+
+
 def _parse_count(sample: Sample, text: str, signal: str, where: str) -> int:
-    if not sample.is_value or sample.value is None or sample.value < 0 or sample.value != int(sample.value):
-        raise ReplayError(f"{where}: invalid {signal} value {text!r}: expected a whole number >= 0")
+    if not sample.is_value or sample.value is None or sample.value < 0 or sample.value != int(sample.value) or sample.value > MAX_COUNT:
+        raise ReplayError(f"{where}: invalid {signal} value {text!r}: expected a whole number from 0 to {MAX_COUNT}")
     return int(sample.value)
 
 
-def read_recording(path: str | Path) -> Recording:
-    """Parse a replay CSV; raise ReplayError naming the line of the first malformed row."""
+def read_recording(path: str | Path, known_signal: Callable[[str], bool] = lambda name: True) -> Recording:
+    """Parse a replay CSV; raise ReplayError naming the line of the first malformed row.
+
+    `known_signal` tells whether a signal name is valid; the pseudo-signals always are.
+    """
     path = Path(path)
     try:
         handle = path.open(newline="", encoding="utf-8")
     except OSError as error:
         raise ReplayError(f"{path}: cannot read file: {error.strerror}") from None
-    with handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or [column.strip() for column in header] != HEADER:
-            raise ReplayError(f"{path}:1: invalid header {header!r}: expected {','.join(HEADER)}")
-        ticks: dict[float, Tick] = {}
-        first_line: dict[str, int] = {}
-        time_kind: bool | None = None
-        for line_number, row in enumerate(reader, start=2):
-            where = f"{path}:{line_number}"
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != 4:
-                raise ReplayError(f"{where}: expected 4 columns (time,target,signal,value), got {len(row)}")
-            time_text, target_text, signal, value_text = (cell.strip() for cell in row)
-            seconds, is_rfc3339 = _parse_time(time_text, where)
-            if time_kind is None:
-                time_kind = is_rfc3339
-            elif time_kind != is_rfc3339:
-                raise ReplayError(f"{where}: time {time_text!r} mixes RFC 3339 and seconds; use one form in a file")
-            try:
-                ref = TargetRef.parse(target_text)
-            except ValueError as error:
-                raise ReplayError(f"{where}: {error}") from None
-            if not signal:
-                raise ReplayError(f"{where}: missing signal name")
-            sample = _parse_value(value_text, where)
-            target = str(ref)
-            first_line.setdefault(target, line_number)
-            tick = ticks.setdefault(seconds, Tick(seconds, time_text))
-            if signal == REPLICAS:
-                tick.replicas[target] = _parse_count(sample, value_text, signal, where)
-            elif signal == MIN_AVAILABLE:
-                tick.min_available[target] = _parse_count(sample, value_text, signal, where)
-            elif signal == GPUS_PER_REPLICA:
-                if not sample.is_value or sample.value is None or sample.value < 0:
-                    raise ReplayError(f"{where}: invalid {signal} value {value_text!r}: expected a number >= 0")
-                tick.gpus_per_replica[target] = sample.value
-            else:
-                tick.samples.setdefault(target, {})[signal] = sample
+    try:
+        with handle:
+            return _read_rows(path, csv.reader(handle), known_signal)
+    except UnicodeDecodeError as error:
+        raise ReplayError(f"{path}: not UTF-8 text: invalid byte at position {error.start}") from None
+
+
+def _read_rows(path: Path, reader, known_signal: Callable[[str], bool]) -> Recording:
+    header = next(reader, None)
+    if header is None or [column.strip() for column in header] != HEADER:
+        raise ReplayError(f"{path}:1: invalid header {header!r}: expected {','.join(HEADER)}")
+    ticks: dict[float, Tick] = {}
+    first_line: dict[str, int] = {}
+    seen_rows: dict[tuple[float, str, str], int] = {}
+    time_kind: bool | None = None
+    for line_number, row in enumerate(reader, start=2):
+        where = f"{path}:{line_number}"
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != 4:
+            raise ReplayError(f"{where}: expected 4 columns (time,target,signal,value), got {len(row)}")
+        time_text, target_text, signal, value_text = (cell.strip() for cell in row)
+        seconds, is_rfc3339 = _parse_time(time_text, where)
+        if time_kind is None:
+            time_kind = is_rfc3339
+        elif time_kind != is_rfc3339:
+            raise ReplayError(f"{where}: time {time_text!r} mixes RFC 3339 and seconds; use one form in a file")
+        try:
+            ref = TargetRef.parse(target_text)
+        except ValueError as error:
+            raise ReplayError(f"{where}: {error}") from None
+        if not signal:
+            raise ReplayError(f"{where}: missing signal name")
+        if signal not in PSEUDO_SIGNALS and not known_signal(signal):
+            raise ReplayError(f"{where}: unknown signal {signal!r}; expected a catalog signal or one of {', '.join(PSEUDO_SIGNALS)}")
+        sample = _parse_value(value_text, where)
+        target = str(ref)
+        first_line.setdefault(target, line_number)
+        row_key = (seconds, target, signal)
+        if row_key in seen_rows:
+            raise ReplayError(f"{where}: duplicate row for time {time_text}, target {target}, signal {signal} (first on line {seen_rows[row_key]})")
+        seen_rows[row_key] = line_number
+        tick = ticks.setdefault(seconds, Tick(seconds, time_text))
+        if signal == REPLICAS:
+            tick.replicas[target] = _parse_count(sample, value_text, signal, where)
+        elif signal == MIN_AVAILABLE:
+            tick.min_available[target] = _parse_count(sample, value_text, signal, where)
+        elif signal == GPUS_PER_REPLICA:
+            if not sample.is_value or sample.value is None or not 0 <= sample.value <= 10_000:
+                raise ReplayError(f"{where}: invalid {signal} value {value_text!r}: expected a number from 0 to 10000")
+            tick.gpus_per_replica[target] = sample.value
+        else:
+            tick.samples.setdefault(target, {})[signal] = sample
     ordered = [ticks[key] for key in sorted(ticks)]
     if not ordered:
         raise ReplayError(f"{path}: no rows after the header")
@@ -221,9 +248,27 @@ def replay(config: Config, recording: Recording, source: str = "replay") -> Iter
             yield decision
 
 
+def catalog_check(config: Config) -> Callable[[str], bool]:
+    """Return a test of signal names against the catalog of the configuration's preset."""
+    from metrics.catalog import SignalCatalog, UnknownSignalError
+
+    catalog = SignalCatalog.from_config(config.metrics)
+
+    def known(name: str) -> bool:
+        try:
+            catalog.resolve(name)
+        except UnknownSignalError:
+            return False
+        return True
+
+    return known
+
+
 def run_replay(config: Config, path: str | Path) -> list[dict]:
     """Replay a file and return the JSON-lines records, each `time` written as in the input."""
-    recording = read_recording(path)
+    recording = read_recording(path, catalog_check(config))
+    if config.budgets and not any(tick.gpus_per_replica for tick in recording.ticks):
+        logger.warning("%s has no gpus_per_replica rows, so the configured GPU budgets cannot apply", path)
     labels = {tick.time: _time_label(tick.label) for tick in recording.ticks}
     records = []
     for decision in replay(config, recording, str(path)):

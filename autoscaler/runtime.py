@@ -59,7 +59,12 @@ class ConfigWatcher:
     def check(self) -> bool:
         """Reload when the file changed; return True when a new configuration was applied."""
         stamp = self._read_stamp()
-        if stamp is None or stamp == self._stamp:
+        if stamp is None:
+            if self._stamp is not None:
+                logger.warning("configuration %s is missing; keeping the last valid one until it returns", self.path)
+                self._stamp = None
+            return False
+        if stamp == self._stamp:
             return False
         self._stamp = stamp
         try:
@@ -74,7 +79,10 @@ class ConfigWatcher:
     def start(self) -> None:
         def loop() -> None:
             while not self._stop.wait(self.interval_seconds):
-                self.check()
+                try:
+                    self.check()
+                except Exception:  # the watcher must outlive any bad file
+                    logger.exception("checking configuration %s failed; keeping the last valid one", self.path)
 
         threading.Thread(target=loop, name="config-watcher", daemon=True).start()
 

@@ -134,3 +134,48 @@ def test_ratio_band_must_name_rules():
 def test_scale_to_zero_only_for_podcliqueset():
     found = problems_of(minimal(minReplicas=0))
     assert any("minReplicas 0 is allowed only at level podcliqueset" in problem for problem in found), found
+
+
+def test_non_utf8_file_named(tmp_path):
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"\xff\xfe targets: []")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.source == str(path)
+    assert caught.value.problems == ["not UTF-8 text: invalid byte at position 0"]
+
+
+def test_yaml_error_gives_line_and_column(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("targets:\n  - name: a\n - name: b\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems[0].startswith("invalid YAML: line 3, column 2:")
+    assert "<unicode string>" not in str(caught.value)
+
+
+def test_duplicate_yaml_key_rejected(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("intervalSeconds: 15\nintervalSeconds: 30\ntargets: []\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems == ["invalid YAML: line 2, column 1: key 'intervalSeconds' appears twice (first on line 1)"]
+
+
+def test_boolean_for_number_rejected():
+    found = problems_of(minimal(maxReplicas=True))
+    assert found == ["targets[0]: maxReplicas: expected a number, got True"]
+
+
+def test_huge_replica_count_rejected():
+    found = problems_of(minimal(maxReplicas=10**23))
+    assert any(problem.startswith("targets[0].maxReplicas: Input should be less than or equal to 100000") for problem in found), found
+
+
+def test_every_bad_reference_reported():
+    data = minimal()
+    data["budgets"] = [{"name": "gpus", "maxGpus": 8, "rules": ["nope"]}]
+    data["ratioBands"] = [{"name": "pd", "numerator": "decode", "denominator": "missing", "minRatio": 0.5, "maxRatio": 2}]
+    found = problems_of(data)
+    assert "ratioBands[0].denominator: no target rule named 'missing'" in found
+    assert "budgets[0].rules: no target rule named 'nope'" in found

@@ -163,6 +163,11 @@ def test_rfc3339_times_are_kept(tmp_path):
         ([f"2026-12-01T10:00:00,{DECODE},replicas,1"], "metrics.csv:2: time '2026-12-01T10:00:00' has no time zone"),
         ([f"0,{DECODE},itl_p90,0.1"], "metrics.csv:2: target llm/podclique/pcs-0-decode has no replicas row"),
         (["0,other/podclique/x-0-decode,replicas,1"], "metrics.csv:2: target other/podclique/x-0-decode matches no rule"),
+        ([f"nan,{DECODE},replicas,1"], "metrics.csv:2: invalid time 'nan': expected finite seconds"),
+        ([f"inf,{DECODE},replicas,1"], "metrics.csv:2: invalid time 'inf': expected finite seconds"),
+        ([f"0,{DECODE},replicas,1", f"0,{DECODE},ttft_bogus,1"], "metrics.csv:3: unknown signal 'ttft_bogus'"),
+        ([f"0,{DECODE},replicas,1", f"0,{DECODE},replicas,2"], "metrics.csv:3: duplicate row for time 0, target llm/podclique/pcs-0-decode, signal replicas (first on line 2)"),
+        ([f"0,{DECODE},replicas,99999999999999999999"], "metrics.csv:2: invalid replicas value '99999999999999999999'"),
     ],
 )
 def test_malformed_rows_name_the_line(tmp_path, rows, message):
@@ -225,3 +230,17 @@ def test_podcliqueset_scales_to_zero_and_wakes_on_queue(tmp_path):
     ]
     records = replay_rows(tmp_path, rows, config)
     assert [(record["current"], record["desired"]) for record in records] == [(1, 0), (0, 0), (0, 3)]
+
+
+def test_non_utf8_recording_named(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_bytes(b"time,target,signal,value\n\xff\xfe,1,2,3\n")
+    with pytest.raises(ReplayError, match=r"metrics.csv: not UTF-8 text"):
+        read_recording(path)
+
+
+def test_budget_without_gpu_rows_warns(tmp_path, caplog):
+    config = copy.deepcopy(CONFIG)
+    config["budgets"] = [{"name": "gpus", "maxGpus": 4}]
+    replay_rows(tmp_path, [f"0,{DECODE},replicas,2", f"0,{DECODE},itl_p90,0.1", f"0,{DECODE},kv_cache_usage,0.5"], config)
+    assert "no gpus_per_replica rows" in caplog.text

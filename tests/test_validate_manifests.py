@@ -88,3 +88,15 @@ def test_example_configs_match_their_samples(shared_dir, config_name, manifest):
     config = parse_config(yaml.safe_load((examples / config_name).read_text()))
     report = check_manifests(config, load_podcliquesets([shared_dir / "grove" / manifest]))
     assert report.errors == []
+
+
+def test_file_without_podcliqueset_rejected(tmp_path):
+    path = tmp_path / "crd.yaml"
+    path.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+    with pytest.raises(ValueError, match="crd.yaml: no document with kind: PodCliqueSet"):
+        load_podcliquesets([path])
+
+
+def test_floor_above_max_is_an_error(sample):
+    report = check_manifests(rule(level="clique", scalingGroup=None, clique={"name": "pworker"}, allowCliqueInScalingGroup=True, maxReplicas=2), sample)
+    assert report.errors == ["targets[0].maxReplicas: 2 is below minAvailable 4 of multinode-disaggregated/pworker; raise maxReplicas"]

@@ -1,6 +1,7 @@
 """Built-in comparison policies, derived from the rules of the first configured policy set.
 
-Each baseline keeps the rules' targets, bounds and series labels and replaces the policies:
+Each baseline keeps the rules' targets, bounds and series labels, reads its signals through the
+vLLM metric preset, and replaces the policies:
 
 - `static-peak`: no autoscaler; every role runs the oracle's peak replica count all the time.
 - `hpa-kv-cache`: the registry's `kv-cache` policy (target usage 0.8) on every target, every
@@ -28,6 +29,8 @@ STATIC = "static-peak"
 HPA_KV_CACHE = "hpa-kv-cache"
 DYNAMO = "dynamo-planner"
 
+BASELINE_PRESET = "vllm"
+
 # An empty `behavior`, which the engine reads as every HPA default of autoscaling/v2.
 HPA_DEFAULT_BEHAVIOR: dict[str, Any] = {}
 
@@ -50,7 +53,9 @@ class PolicySet:
 def _with_policies(config: Config, policies_for_rule, *, interval: float, window: float, behavior: dict[str, Any]) -> Config:
     data = config.model_dump(by_alias=True, exclude_none=True, mode="json")
     data["intervalSeconds"] = interval
-    data.setdefault("metrics", {})["windowSeconds"] = int(window)
+    # The simulator computes every signal, so a baseline reads the vLLM preset, which names each
+    # signal its policy needs, whatever preset or custom signals the user's set uses.
+    data["metrics"] = {"preset": BASELINE_PRESET, "windowSeconds": int(window)}
     for rule in data["targets"]:
         rule["policies"] = policies_for_rule(rule)
         rule["behavior"] = behavior

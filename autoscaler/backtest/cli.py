@@ -5,22 +5,43 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
+from urllib.parse import urlparse
 
-from autoscaler.backtest import baselines, report, traces
-from autoscaler.backtest.cluster import TopologyError, build_topology, default_manifest, load_manifest
+import yaml
+
+from autoscaler.backtest import baselines, limits, report, traces
+from autoscaler.backtest.cluster import (
+    TopologyError,
+    build_topology,
+    default_manifest,
+    describe_decode_error,
+    describe_yaml_error,
+    load_manifest,
+    read_text,
+)
 from autoscaler.backtest.oracle import OracleResult, oracle_for_shape, oracle_for_trace
 from autoscaler.backtest.runner import Settings, Workload, run_backtest
 from autoscaler.backtest.signals import DECODE, PREFILL
-from autoscaler.config import Config, ConfigError, load_config
+from autoscaler.config import Config, ConfigError, parse_config
 from policies.profile import Profile, ProfileError, bundled_profile_dir
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MIN_PEAK_GPUS = 8.0
 EXIT_INVALID_INPUT = 2
+EXIT_NO_DATA = 1
+
+# The event model keeps a few arrays per request and takes minutes per ten million requests.
+MAX_REQUESTS = 50_000_000
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+# Options of a simulated run that history mode does not use; it rejects them instead of ignoring them.
+_SIMULATION_ONLY = ("trace", "format", "lengths_from", "rate_scale", "jitter", "profile", "mode", "csv", "plot")
 
 
 def default_config_path() -> Path:
@@ -44,7 +65,7 @@ def add_parser(subparsers) -> None:
     )
 
     parser.add_argument("--trace", help="trace file or ServeGen directory, or a bundled trace: azure-conv, azure-code (default: azure-conv)")
-    parser.add_argument("--format", default="auto", choices=("auto",) + traces.FORMATS, help="trace format (default: detect)")
+    parser.add_argument("--format", choices=("auto",) + traces.FORMATS, help="trace format (default: detect)")
     parser.add_argument("--lengths-from", help="request-level trace whose input/output lengths a rate shape uses (default: azure-conv)")
     parser.add_argument("--start", help="start of the range to replay: seconds from the trace start (history mode: Unix seconds or RFC 3339)")
     parser.add_argument("--end", help="end of the range to replay: seconds from the trace start (history mode: Unix seconds or RFC 3339)")
@@ -57,7 +78,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--jitter",
         type=_non_negative_seconds,
-        default=traces.DEFAULT_JITTER_SECONDS,
+        default=None,
         help="with --rate-scale above 1: each added copy's arrivals move by a random offset of up to this many seconds "
         f"(default {traces.DEFAULT_JITTER_SECONDS:g}; 0 stacks every burst)",
     )
@@ -65,24 +86,24 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--config", action="append", help="configuration file of one policy set; repeat to compare several (default: bundled example)")
     parser.add_argument("--profile", help="Dynamo profiling directory (default: bundled H200 TP1 profile)")
     parser.add_argument("--manifest", help="PodCliqueSet manifest of the simulated deployment (default: bundled multi-node disaggregated example)")
-    parser.add_argument("--gpus-per-pod", type=float, default=1.0, help="GPUs per pod when the manifest requests none (default: 1)")
+    parser.add_argument("--gpus-per-pod", type=_positive_number, default=1.0, help="GPUs per pod when the manifest requests none (default: 1)")
 
     parser.add_argument("--mode", choices=("request", "fluid"), help="request-level events or per-second fluid model (default: request for traces, fluid for rate shapes)")
-    parser.add_argument("--cold-start", type=float, default=120.0, help="seconds before a new replica serves (default: 120)")
-    parser.add_argument("--ttft-slo", type=float, default=0.5, help="TTFT objective per request, seconds (default: 0.5)")
-    parser.add_argument("--itl-slo", type=float, default=0.05, help="mean ITL objective per request, seconds (default: 0.05)")
+    parser.add_argument("--cold-start", type=_non_negative_seconds, default=120.0, help="seconds before a new replica serves (default: 120)")
+    parser.add_argument("--ttft-slo", type=_positive_number, default=0.5, help="TTFT objective per request, seconds (default: 0.5)")
+    parser.add_argument("--itl-slo", type=_positive_number, default=0.05, help="mean ITL objective per request, seconds (default: 0.05)")
 
     parser.add_argument("--no-baselines", action="store_true", help="run only the configured policy sets")
     parser.add_argument("--json", help="write the results as JSON to this file")
-    parser.add_argument("--csv", help="write one timeline CSV per policy into this directory")
-    parser.add_argument("--plot", help="write a PNG plot of replicas, load and latency per policy to this file")
+    parser.add_argument("--csv", help="write one timeline CSV per policy into this directory (created if its parent exists)")
+    parser.add_argument("--plot", help="write a plot of replicas, load and latency per policy to this .png, .pdf or .svg file")
 
     parser.add_argument(
         "--prometheus",
         help="history mode: read the configured signals from this Prometheus URL between --start and --end "
         "(Unix seconds or RFC 3339) and replay them through the engine open loop",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the rate scaling (default: 0)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the rate scaling (default: 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -104,12 +125,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    check_output_paths(args)
     if args.prometheus:
         return _run_history(args)
+    _check_trace_options(args)
     profile = Profile.load(args.profile) if args.profile else Profile.load(bundled_profile_dir())
     manifest = load_manifest(args.manifest) if args.manifest else default_manifest()
     config_paths = [Path(path) for path in args.config] if args.config else [default_config_path()]
-    configs = [(_policy_set_name(path), load_config(path)) for path in config_paths]
+    configs = [(_policy_set_name(path), load_config_file(path)) for path in config_paths]
     main_config = configs[0][1]
     topology = build_topology(main_config, manifest, gpus_per_pod=args.gpus_per_pod)
     prefill_gpus = topology.by_role(PREFILL).gpus_per_replica
@@ -128,8 +151,10 @@ def _run(args: argparse.Namespace) -> int:
     oracle = _oracle(workload, profile, prefill_gpus, decode_gpus, settings, main_config)
 
     policy_sets, warnings = _policy_sets(args, configs, topology, oracle, settings)
+    warnings.extend(limits.workload_warnings(workload, profile, settings, decode_gpus=decode_gpus))
     result = run_backtest(workload, policy_sets, profile, manifest, settings, oracle, show_progress=not args.quiet)
     result.warnings.extend(warnings)
+    result.warnings.extend(limits.outcome_warnings(result.results))
 
     print(report.format_table(result))
     if args.json:
@@ -148,12 +173,21 @@ def _run_history(args: argparse.Namespace) -> int:
     from metrics.catalog import SignalCatalog
     from metrics.prometheus import PrometheusSource
 
+    given = [f"--{name.replace('_', '-')}" for name in _SIMULATION_ONLY if getattr(args, name) is not None]
+    if args.no_baselines:
+        given.append("--no-baselines")
+    if given:
+        raise ValueError(f"{', '.join(given)} cannot be used with --prometheus (history mode replays recorded signals, without a trace or a simulated cluster)")
+    _check_prometheus_url(args.prometheus)
+    if args.config is not None and len(args.config) > 1:
+        raise ValueError(f"history mode replays one configuration, got {len(args.config)} --config options")
     if args.start is None or args.end is None:
         raise ValueError("history mode needs --start and --end (Unix seconds or RFC 3339)")
     start = parse_time(args.start, "--start")
     end = parse_time(args.end, "--end")
     config_path = Path(args.config[0]) if args.config else default_config_path()
-    config = load_config(config_path)
+    config = load_config_file(config_path)
+    check_history_range(start, end, config.interval_seconds)
     manifest = load_manifest(args.manifest) if args.manifest else default_manifest()
     timeout = config.metrics.prometheus.timeout_seconds if config.metrics.prometheus is not None else 30.0
     source = PrometheusSource(url=args.prometheus, catalog=SignalCatalog.from_config(config.metrics), timeout_seconds=timeout)
@@ -164,7 +198,85 @@ def _run_history(args: argparse.Namespace) -> int:
     print(format_history(result))
     if args.json:
         Path(args.json).write_text(json.dumps(history_to_dict(result), indent=2) + "\n", encoding="utf-8")
+    if result.targets and all(target.unknown_ticks == len(result.times) for target in result.targets):
+        print(f"error: every tick had unknown input, so no decision used recorded data: {result.unknown_reason}", file=sys.stderr)
+        return EXIT_NO_DATA
     return 0
+
+
+def _check_prometheus_url(url: str) -> None:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"invalid --prometheus {url!r}: expected an http:// or https:// URL such as http://127.0.0.1:9090")
+
+
+def load_config_file(path: Path) -> Config:
+    """Read and validate one configuration file; raise ValueError or ConfigError naming the file and line."""
+    try:
+        text = read_text(path)
+    except OSError as error:
+        raise ValueError(f"--config {path}: cannot read file: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--config {describe_decode_error(path, error)}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"--config {describe_yaml_error(path, error)}") from None
+    return parse_config(data, str(path))
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """Reject output paths that cannot be written, before any simulation runs; raise ValueError."""
+    if args.json is not None:
+        _check_output_file("--json", Path(args.json))
+    if args.csv is not None:
+        directory = Path(args.csv)
+        if directory.exists() and not directory.is_dir():
+            raise ValueError(f"invalid --csv {args.csv}: it exists and is not a directory; give a directory for the timeline files")
+        if not directory.exists():
+            _check_parent("--csv", directory)
+        elif not os.access(directory, os.W_OK):
+            raise ValueError(f"invalid --csv {args.csv}: the directory is not writable")
+    if args.plot is not None:
+        plot = Path(args.plot)
+        if plot.suffix.lower() not in PLOT_SUFFIXES:
+            raise ValueError(f"invalid --plot {args.plot}: the file name must end in {', '.join(PLOT_SUFFIXES)}, which selects the format")
+        _check_output_file("--plot", plot)
+
+
+def _check_output_file(option: str, path: Path) -> None:
+    if path.is_dir():
+        raise ValueError(f"invalid {option} {path}: it is a directory; give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"invalid {option} {path}: the file is not writable")
+    _check_parent(option, path)
+
+
+def _check_parent(option: str, path: Path) -> None:
+    parent = path.parent
+    if not parent.is_dir():
+        raise ValueError(f"invalid {option} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"invalid {option} {path}: directory {parent} is not writable")
+
+
+def check_history_range(start: float, end: float, interval_s: float) -> None:
+    from autoscaler.backtest.history import MAX_TICKS
+
+    if end <= start:
+        raise ValueError(f"invalid --end {end:.0f}: it is not after --start {start:.0f}")
+    ticks = (end - start) / interval_s + 1
+    if ticks > MAX_TICKS:
+        raise ValueError(
+            f"invalid time range --start {start:.0f} --end {end:.0f}: {ticks:.3g} ticks of {interval_s:g} s, more than the maximum "
+            f"{MAX_TICKS}; shorten the range to at most {(MAX_TICKS - 1) * interval_s / 86400:.1f} days"
+        )
+
+
+def _check_trace_options(args: argparse.Namespace) -> None:
+    bundled = args.trace is None or args.trace in traces.BUNDLED_TRACES
+    if bundled and args.format not in (None, "auto", "azure"):
+        raise ValueError(f"invalid --format {args.format}: the bundled trace {args.trace or 'azure-conv'} is in azure format; leave out --format")
 
 
 def _policy_set_name(path: Path) -> str:
@@ -177,11 +289,13 @@ def _load_workload(args: argparse.Namespace) -> Workload:
         path = traces.bundled_trace_path(args.trace or "azure-conv")
         loaded = traces.load(path, "azure")
     else:
-        loaded = traces.load(args.trace, args.format)
+        loaded = traces.load(args.trace, args.format or "auto")
 
     start = _seconds(args.start, "--start")
     end = _seconds(args.end, "--end")
     if isinstance(loaded, traces.RateShape):
+        for option, value in (("--start", start), ("--end", end)):
+            _check_window_multiple(option, value, loaded)
         shape = traces.cut_shape(loaded, start, end) if start is not None or end is not None else loaded
         lengths_source = args.lengths_from or "azure-conv"
         if lengths_source in traces.BUNDLED_TRACES:
@@ -192,8 +306,24 @@ def _load_workload(args: argparse.Namespace) -> Workload:
             raise traces.TraceError(f"--lengths-from {lengths_source}: a request-level trace is needed, got a rate shape")
         return Workload(name=shape.name, duration_s=shape.duration_s, shape=shape, lengths=lengths)
 
+    if args.lengths_from is not None:
+        raise ValueError(f"--lengths-from {args.lengths_from} applies only to a rate shape, but {loaded.name} is a request-level trace with its own lengths; leave out --lengths-from")
     trace = traces.cut(loaded, start, end) if start is not None or end is not None else loaded
     return Workload(name=trace.name, duration_s=trace.duration_s, trace=trace)
+
+
+def _check_window_multiple(option: str, value: float | None, shape: traces.RateShape) -> None:
+    # A rate shape is cut at window boundaries only, so any other value would count a partial
+    # window as a whole one in the GPU-hours.
+    if value is None:
+        return
+    windows = value / shape.window_s
+    if abs(windows - round(windows)) > 1e-9:
+        lower = math.floor(windows) * shape.window_s
+        raise ValueError(
+            f"invalid {option} {value:g}: rate shape {shape.name} has windows of {shape.window_s:g} s; "
+            f"give a multiple of {shape.window_s:g}, such as {lower:g} or {lower + shape.window_s:g}"
+        )
 
 
 def _seconds(text: str | None, option: str) -> float | None:
@@ -205,6 +335,26 @@ def _seconds(text: str | None, option: str) -> float | None:
         raise ValueError(f"invalid {option} {text!r}: expected seconds from the trace start") from None
     if not math.isfinite(value):
         raise ValueError(f"invalid {option} {text!r}: expected a finite number of seconds")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected an integer >= 0") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected an integer >= 0")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number > 0") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number > 0")
     return value
 
 
@@ -231,13 +381,37 @@ def _scale_workload(workload: Workload, args, profile: Profile, prefill_gpus: fl
             factor = float(requested)
         except ValueError:
             raise ValueError(f"invalid --rate-scale {requested!r}: expected a positive number or 'auto'") from None
+        if not math.isfinite(factor) or factor <= 0:
+            raise ValueError(f"invalid --rate-scale {requested!r}: expected a positive number or 'auto'")
     if factor == 1:
         return workload
+    _check_scaled_requests(workload, factor, requested, settings.mode)
     if workload.trace is not None:
-        trace = traces.scale_rate(workload.trace, factor, seed=args.seed, jitter_s=args.jitter)
+        jitter = traces.DEFAULT_JITTER_SECONDS if args.jitter is None else args.jitter
+        trace = traces.scale_rate(workload.trace, factor, seed=args.seed, jitter_s=jitter)
+        if trace.requests == 0:
+            raise ValueError(f"invalid --rate-scale {requested}: no request of the {workload.requests} in {workload.name} is left; use a larger scale")
         return Workload(name=trace.name, duration_s=trace.duration_s, trace=trace)
     shape = traces.scale_shape(workload.shape, factor)
     return Workload(name=shape.name, duration_s=shape.duration_s, shape=shape, lengths=workload.lengths)
+
+
+def _check_scaled_requests(workload: Workload, factor: float, requested: str, mode: str) -> None:
+    """Reject a scale that leaves no request, or gives a trace too large to simulate request by request."""
+    if workload.trace is None:
+        expected = float(sum(workload.shape.rate * workload.shape.window_s)) * factor
+        if expected < 0.5:
+            raise ValueError(f"invalid --rate-scale {requested}: {workload.name} would have {expected:.3g} requests in all; use a larger scale")
+        return
+    expected = workload.trace.requests * factor
+    if expected < 0.5:
+        raise ValueError(f"invalid --rate-scale {requested}: {workload.name} would have {expected:.3g} requests in all; use a larger scale")
+    if expected > MAX_REQUESTS:
+        # Both models need the scaled trace's arrays, so the fluid mode is no way around the limit for a trace.
+        raise ValueError(
+            f"invalid --rate-scale {requested} (factor {factor:g}): {workload.name} would have {expected:.3g} requests, more than the "
+            f"maximum {MAX_REQUESTS}; use a smaller --rate-scale or a shorter range (--start/--end), or a rate shape with --mode fluid"
+        )
 
 
 def _oracle(workload: Workload, profile, prefill_gpus, decode_gpus, settings: Settings, config: Config | None) -> OracleResult:

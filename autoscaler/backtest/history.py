@@ -23,6 +23,10 @@ from metrics.sample import Sample, SignalRequest
 
 SampleSeries = Mapping[str, Mapping[str, Sequence[tuple[float, Sample]]]]
 
+# Ticks of one replay: about 17 days at a 15 s interval. Each tick holds every target's samples
+# and decision in memory, and every 11,000 ticks cost one more range query per signal group.
+MAX_TICKS = 100_000
+
 
 class RangeSource(Protocol):
     def fetch_range(self, requests: Sequence[SignalRequest], start: float, end: float, step: float) -> SampleSeries: ...
@@ -47,6 +51,8 @@ class HistoryReport:
     times: list[float]
     targets: list[TargetHistory]
     decisions: list[Decision]
+    unknown_reason: str | None = None
+    """The reason of the first unknown sample, if any tick had one."""
 
     def gpu_hours(self, target: TargetHistory) -> float:
         """GPU-hours of the replica path, each tick's count held until the next tick."""
@@ -82,12 +88,15 @@ def run_history(
     """Replay the recorded signals between `start` and `end` (Unix seconds) through the engine."""
     if end <= start:
         raise ValueError(f"invalid time range: end {end} is not after start {start}")
+    step = config.interval_seconds
+    ticks = math.floor((end - start) / step + 1e-9) + 1
+    if ticks > MAX_TICKS:
+        raise ValueError(f"invalid time range {start:.0f} .. {end:.0f}: {ticks} ticks of {step:g} s, more than the maximum {MAX_TICKS}")
     targets = discover_targets(config, manifest, gpus_per_pod=gpus_per_pod, require_role=False)
     if not targets:
         raise ValueError("no configuration rule selects an object of the manifest's PodCliqueSet")
     discovered = [target.discovered for target in targets]
     specs = build_specs(config, discovered)
-    step = config.interval_seconds
     series = source.fetch_range(signal_requests(specs), start, end, step)
 
     current = {spec.target: _initial(spec, target) for spec, target in zip(specs, targets)}
@@ -96,6 +105,7 @@ def run_history(
     budgets = budget_limits(config)
     state = EngineState()
     decisions_made: list[Decision] = []
+    unknown_reason: str | None = None
     times = _step_times(start, end, step)
 
     for index, now in enumerate(times):
@@ -113,14 +123,19 @@ def run_history(
         for decision in decisions:
             history = histories[decision.target]
             history.replicas.append(current[decision.target])
-            if any(sample.is_unknown for sample in decision.samples.values()):
+            unknown = [sample for sample in decision.samples.values() if sample.is_unknown]
+            if unknown:
                 history.unknown_ticks += 1
+                if unknown_reason is None:
+                    unknown_reason = unknown[0].reason
             if decision.desired is not None and decision.desired != current[decision.target]:
                 history.scale_actions += 1
                 current[decision.target] = decision.desired
             decisions_made.append(decision)
 
-    return HistoryReport(start=start, end=end, step=step, times=times, targets=list(histories.values()), decisions=decisions_made)
+    return HistoryReport(
+        start=start, end=end, step=step, times=times, targets=list(histories.values()), decisions=decisions_made, unknown_reason=unknown_reason
+    )
 
 
 def _initial(spec, target: SimTarget) -> int:

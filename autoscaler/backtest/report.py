@@ -109,7 +109,8 @@ def write_json(report: BacktestReport, path: str | Path) -> None:
 def write_csv(report: BacktestReport, directory: str | Path) -> list[Path]:
     """Write one `<policy>.csv` timeline per policy (one row per tick); return the paths."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    # Only the last level is created: a missing parent is more likely a typo than a wish for a new tree.
+    directory.mkdir(exist_ok=True)
     paths = []
     for outcome in report.results:
         path = directory / f"{_file_name(outcome.policy)}.csv"
