@@ -103,6 +103,10 @@ class Controller:
         specs = self._specs(owned, result)
 
         observations = self.source.fetch(signal_requests(specs), now)
+        if specs and _all_unknown(observations, specs):
+            message = "every signal of every target is unknown: check metrics.prometheus and the series labels"
+            logger.error(message)
+            result.errors.append(message)
         live = {name: target.replicas for name, target in live_targets.items()}
         ready = {name: target.ready_replicas for name, target in live_targets.items() if target.ready_replicas is not None}
         decisions, self.state = decide(
@@ -255,6 +259,12 @@ class Controller:
 
     def _publish_only(self, rule_name: str) -> bool:
         return any(rule.name == rule_name and rule.publish_only for rule in self.config.targets)
+
+
+def _all_unknown(observations, specs: Sequence[TargetSpec]) -> bool:
+    samples = [sample for spec in specs for sample in observations.get(spec.target, {}).values()]
+    wanted = sum(len(spec.signals()) for spec in specs)
+    return wanted > 0 and all(sample.is_unknown for sample in samples)
 
 
 def _short(ref: TargetRef) -> str:

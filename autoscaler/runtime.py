@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import ssl
 import threading
 
 from kubernetes import client, config as kube_config
@@ -19,15 +20,28 @@ from autoscaler.ops import Telemetry, serve_ops
 logger = logging.getLogger(__name__)
 
 
+class StartupError(Exception):
+    """A problem found before the first tick (kubeconfig, ports, certificates); the message says what to fix."""
+
+
 def make_api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
     """Build an API client: the given kubeconfig, else in-cluster, else the default kubeconfig."""
-    if kubeconfig:
-        return kube_config.new_client_from_config(config_file=kubeconfig, context=context)
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        configuration = client.Configuration()
-        kube_config.load_incluster_config(client_configuration=configuration)
-        return client.ApiClient(configuration)
-    return kube_config.new_client_from_config(context=context)
+    try:
+        if kubeconfig:
+            if not os.path.isfile(kubeconfig):
+                raise StartupError(f"kubeconfig {kubeconfig} not found or not a file")
+            return kube_config.new_client_from_config(config_file=kubeconfig, context=context)
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            configuration = client.Configuration()
+            kube_config.load_incluster_config(client_configuration=configuration)
+            return client.ApiClient(configuration)
+        return kube_config.new_client_from_config(context=context)
+    except kube_config.ConfigException as error:
+        where = kubeconfig or "the default kubeconfig (~/.kube/config or KUBECONFIG)"
+        raise StartupError(f"invalid Kubernetes client configuration in {where}: {error}") from None
+    except (OSError, ValueError, TypeError, AttributeError) as error:
+        where = kubeconfig or "the default kubeconfig"
+        raise StartupError(f"cannot load {where}: {type(error).__name__}: {error}") from None
 
 
 def make_source(config: Config):
@@ -94,29 +108,42 @@ def _start_ops(args: argparse.Namespace, config: Config) -> Telemetry | None:
     if not args.metrics_port:
         return None
     telemetry = Telemetry(stall_after_seconds=config.interval_seconds * 10)
-    server, _ = serve_ops(telemetry, host=args.metrics_host, port=args.metrics_port)
+    try:
+        server, _ = serve_ops(telemetry, host=args.metrics_host, port=args.metrics_port)
+    except OSError as error:
+        raise StartupError(f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {error.strerror or error}") from None
     logger.info("serving /metrics, /healthz and /readyz on http://%s:%d", args.metrics_host, server.server_address[1])
     return telemetry
 
 
 def _start_adapter(args: argparse.Namespace, api_client: client.ApiClient, store: MetricStore) -> None:
+    if bool(args.tls_cert_file) != bool(args.tls_key_file):
+        raise StartupError("give both --tls-cert-file and --tls-key-file, or neither for a self-signed certificate")
     auth = None
-    if not args.adapter_insecure_no_auth:
-        auth = Authenticator.from_cluster(api_client, requestheader_client_ca_file=args.requestheader_client_ca_file)
-    server, _ = serve_adapter(
-        store,
-        host=args.adapter_host,
-        port=args.adapter_port,
-        cert_file=args.tls_cert_file,
-        key_file=args.tls_key_file,
-        auth=auth,
-    )
+    try:
+        if not args.adapter_insecure_no_auth:
+            auth = Authenticator.from_cluster(api_client, requestheader_client_ca_file=args.requestheader_client_ca_file)
+        server, _ = serve_adapter(
+            store,
+            host=args.adapter_host,
+            port=args.adapter_port,
+            cert_file=args.tls_cert_file,
+            key_file=args.tls_key_file,
+            auth=auth,
+        )
+    except (OSError, ValueError, ssl.SSLError) as error:
+        raise StartupError(f"cannot start the external metrics adapter on {args.adapter_host}:{args.adapter_port}: {error}") from None
     logger.info("serving external.metrics.k8s.io/v1beta1 on https://%s:%d", args.adapter_host, server.server_address[1])
 
 
 def _start_elector(args: argparse.Namespace, api_client: client.ApiClient) -> LeaderElector | None:
     if not args.leader_elect:
         return None
+    if not args.lease_duration_seconds > args.renew_deadline_seconds > args.retry_period_seconds > 0:
+        raise StartupError(
+            "lease timings must satisfy --lease-duration-seconds > --renew-deadline-seconds > --retry-period-seconds > 0, "
+            f"got {args.lease_duration_seconds:g} > {args.renew_deadline_seconds:g} > {args.retry_period_seconds:g}"
+        )
     elector = LeaderElector(
         api_client=api_client,
         namespace=args.lease_namespace or default_namespace(),
@@ -161,17 +188,18 @@ def run_controller(config: Config, args: argparse.Namespace, *, serve_metrics_ap
     )
     if args.once:
         result = controller.tick()
-        changed = sum(1 for decision in result.decisions if decision.changes_scale)
+        changes = sum(1 for decision in result.decisions if decision.changes_scale)
         logger.info(
-            "tick done: %d targets, %d scale changes%s, %d errors",
+            "tick done: %d targets, %d changes decided, %d written%s, %d errors",
             len(result.decisions),
-            changed,
-            " (dry run, nothing written)" if args.dry_run else "",
+            changes,
+            len(result.writes),
+            " (dry run)" if args.dry_run else "",
             len(result.errors),
         )
         if elector is not None:
             elector.stop(release=True)
-        return 1 if result.errors and not result.decisions else 0
+        return 1 if result.errors else 0
 
     watcher = None
     if args.reload_seconds > 0:

@@ -189,4 +189,5 @@ def describe_ratio(value: float, target: float, ratio: float, *, unit: str = "",
         sign = "<"
     else:
         sign = "="
-    return f"{format_number(value)}{unit} {sign} {label} {format_number(target)} (ratio {ratio:.2f})"
+    ratio_text = f"{ratio:.2f}" if ratio < 1000 else format_number(ratio)
+    return f"{format_number(value)}{unit} {sign} {label} {format_number(target)} (ratio {ratio_text})"

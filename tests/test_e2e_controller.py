@@ -119,7 +119,8 @@ def test_prometheus_down_never_scales_down(cluster, prometheus_server, tmp_path)
     config = write_config(tmp_path, server.url)
     server.stop()
 
-    assert main(["run", "--once", "--config", config, "--kubeconfig", str(cluster.kubeconfig)]) == 0
+    # Exit 1: every signal is unknown, which --once reports as an error.
+    assert main(["run", "--once", "--config", config, "--kubeconfig", str(cluster.kubeconfig)]) == 1
 
     assert scale_patches(cluster) == []
     assert replicas(cluster, "podcliquescalinggroups", PREFILL) == 2
@@ -134,7 +135,7 @@ def test_label_mismatch_holds(cluster, prometheus_server, tmp_path):
     server = prometheus_server(backfill)
     config = write_config(tmp_path, server.url)
 
-    assert main(["run", "--once", "--config", config, "--kubeconfig", str(cluster.kubeconfig)]) == 0
+    assert main(["run", "--once", "--config", config, "--kubeconfig", str(cluster.kubeconfig)]) == 1
 
     assert scale_patches(cluster) == []
 
@@ -156,7 +157,8 @@ def test_error_on_one_target_does_not_stop_another(cluster, prometheus_server, t
     config = write_config(tmp_path, server.url, decode_kv_target=0.5)
     cluster.inject_fault(method="PATCH", path_regex=rf"/{PREFILL}/scale$", status=500, count=10)
 
-    assert main(["run", "--once", "--config", config, "--kubeconfig", str(cluster.kubeconfig)]) == 0
+    # Exit 1 reports the failed write of prefill.
+    assert main(["run", "--once", "--config", config, "--kubeconfig", str(cluster.kubeconfig)]) == 1
 
     assert replicas(cluster, "podcliquescalinggroups", PREFILL) == 2
     assert replicas(cluster, "podcliquescalinggroups", DECODE) == 2

@@ -258,3 +258,10 @@ def test_missing_sample_is_unknown(data, current: int) -> None:
         context = PolicyContext(now=0.0, target="t", current_replicas=current, samples={})
 
         assert policy.evaluate(context).desire.kind is DesireKind.UNKNOWN
+
+
+def test_reason_of_huge_value_stays_short():
+    from policies.target import describe_ratio
+
+    text = describe_ratio(1e300, 0.05, 2e301)
+    assert text == "1e+300 > target 0.05 (ratio 2e+301)"
