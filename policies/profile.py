@@ -19,6 +19,7 @@ milliseconds, and every method here uses seconds.
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -66,6 +67,8 @@ class Profile:
         array has the wrong shape, or a value is not finite or out of range.
         """
         directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise ProfileError(f"profile {directory} is not a directory; give the profiling directory that contains {PREFILL_FILE.parent}/ and {DECODE_FILE.parent}/")
         if not directory.is_dir():
             raise ProfileError(f"profile directory {directory} not found")
         key = _cache_key(directory)
@@ -274,6 +277,12 @@ def _grid_fill(x, y, values, x_axis, y_axis) -> np.ndarray:
 def _read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise ProfileError(f"profile file {path} not found")
+    # np.load reads a file that is not a zip archive as a single array or a pickle, and reports
+    # an empty file as EOFError, so the archive format is checked first.
+    if path.stat().st_size == 0:
+        raise ProfileError(f"{path}: the file is empty; expected an npz (zip) archive")
+    if not zipfile.is_zipfile(path):
+        raise ProfileError(f"{path}: not an npz (zip) archive")
     try:
         with np.load(path, allow_pickle=False) as data:
             present = set(data.files)
@@ -283,7 +292,7 @@ def _read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
             return {key: np.asarray(data[key]) for key in keys}
     except ProfileError:
         raise
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise ProfileError(f"{path}: not a readable npz file without pickled objects: {error}") from error
 
 

@@ -152,4 +152,4 @@ def test_cli_fluid_rate_shape(tmp_path):
 def test_cli_unwritable_output(tmp_path, capsys):
     code = cli.main(["--end", "120", "--quiet", "--no-baselines", "--json", str(tmp_path / "missing" / "out.json")])
     assert code == 2
-    assert "cannot write" in capsys.readouterr().err
+    assert "invalid --json" in capsys.readouterr().err
