@@ -367,12 +367,17 @@ def _signal_problems(config: Config) -> list[str]:
     registry = default_registry()
     problems = []
     for index, target in enumerate(config.targets):
+        read: set[str] = set()
         for policy_index, policy in enumerate(target.policies):
             for signal in registry.create(policy.name, policy.params).signals():
+                read.add(signal)
                 try:
                     catalog.resolve(signal)
                 except UnknownSignalError as error:
                     problems.append(f"targets[{index}].policies[{policy_index}]: signal {signal!r}: {error}")
+        for signal in target.signal_labels:
+            if signal not in read:
+                problems.append(f"targets[{index}].signalLabels.{signal}: no policy of this rule reads signal {signal!r}; it reads {sorted(read)}")
     return problems
 
 

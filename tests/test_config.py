@@ -179,3 +179,8 @@ def test_every_bad_reference_reported():
     found = problems_of(data)
     assert "ratioBands[0].denominator: no target rule named 'missing'" in found
     assert "budgets[0].rules: no target rule named 'nope'" in found
+
+
+def test_signal_labels_for_unread_signal_rejected():
+    found = problems_of(minimal(signalLabels={"itl_p90": {"dynamo_namespace": "{namespace}-{pcs}"}}))
+    assert any(problem.startswith("targets[0].signalLabels.itl_p90: no policy of this rule reads signal 'itl_p90'") for problem in found), found
