@@ -106,3 +106,13 @@ def test_history_needs_range(capsys):
     code = cli.main(["--prometheus", "http://127.0.0.1:1", "--start", "0"])
     assert code == 2
     assert "needs --start and --end" in capsys.readouterr().err
+
+
+def test_history_tick_bound():
+    # The bound is checked before any query, so the unreachable address is never contacted.
+    from autoscaler.backtest.history import MAX_TICKS
+
+    config = parse_config(_config_data())
+    source = PrometheusSource(url="http://127.0.0.1:1", catalog=SignalCatalog(preset="vllm", window_seconds=60), timeout_seconds=1)
+    with pytest.raises(ValueError, match=f"{MAX_TICKS + 1} ticks of 15 s, more than the maximum {MAX_TICKS}"):
+        run_history(config, default_manifest(), source, start=T0, end=T0 + MAX_TICKS * 15)

@@ -11,6 +11,7 @@ from autoscaler.backtest import baselines, cli, traces
 from autoscaler.backtest.cluster import build_topology, default_manifest
 from autoscaler.backtest.oracle import oracle_for_shape, oracle_for_trace
 from autoscaler.backtest.runner import Settings, Workload, run_backtest
+from autoscaler.backtest.serving_fluid import FluidServingModel
 from autoscaler.backtest.signals import DECODE, PREFILL
 from autoscaler.config import load_config
 from policies.profile import Profile, bundled_profile_dir
@@ -153,3 +154,42 @@ def test_cli_unwritable_output(tmp_path, capsys):
     code = cli.main(["--end", "120", "--quiet", "--no-baselines", "--json", str(tmp_path / "missing" / "out.json")])
     assert code == 2
     assert "invalid --json" in capsys.readouterr().err
+
+
+def _constant_shape(rate: float) -> traces.RateShape:
+    return traces.RateShape("constant", np.array([0.0, 600.0, 1200.0]), np.full(3, rate), 600.0)
+
+
+def test_oracle_decode_fits_fluid_model(profile):
+    # The highest constant rate the oracle serves with one decode replica of 3 GPUs: the fluid
+    # model's decode pool must carry it without a growing admission queue.
+    lengths = traces.load(traces.bundled_trace_path("azure-conv"))
+    low, high = 1.0, 1000.0
+    for _ in range(30):
+        middle = (low + high) / 2
+        oracle = oracle_for_shape(_constant_shape(middle), lengths, profile, prefill_gpus=5, decode_gpus=3, itl_slo_s=0.05)
+        low, high = (middle, high) if oracle.decode_replicas.max() == 1 else (low, middle)
+    shape = _constant_shape(low)
+    model = FluidServingModel(
+        profile=profile, lengths=lengths, shape=shape, duration_s=shape.duration_s, prefill_gpus=5, decode_gpus=3,
+        initial_prefill=8, initial_decode=1, cold_start_s=0, horizon_s=shape.duration_s, ttft_slo_s=0.5, itl_slo_s=0.05,
+    )
+    model.advance(shape.duration_s)
+    assert model.recorder.waiting[DECODE][-1] < 1.0
+    attainment, _, itl_attainment = model.attainment(0.5, 0.05)
+    assert itl_attainment == 1.0
+    assert attainment > 0.99
+
+
+def test_oracle_decode_not_above_littles_law(profile):
+    # Decode tokens/s/GPU the oracle assumes never exceed running requests / ITL at full KV, so a
+    # rate 5 % above what one replica can carry that way gets a second replica.
+    lengths = traces.load(traces.bundled_trace_path("azure-conv"))
+    isl = np.maximum(lengths.isl, 1).astype(float)
+    osl = lengths.osl.astype(float)
+    context = float(np.mean(isl + osl / 2))
+    running = profile.max_kv_tokens * 3 / context
+    max_tokens_per_s = running / float(profile.decode_itl_seconds(1.0, context))
+    rate = 1.05 * max_tokens_per_s / float(np.mean(osl))
+    oracle = oracle_for_shape(_constant_shape(rate), lengths, profile, prefill_gpus=5, decode_gpus=3, itl_slo_s=0.05)
+    assert oracle.decode_replicas[0] == 2

@@ -213,3 +213,41 @@ def test_scale_rate_jitter_stays_inside_trace():
 def test_scale_rate_rejects_bad_jitter():
     with pytest.raises(traces.TraceError, match="invalid jitter"):
         traces.scale_rate(_burst_trace(), 2, jitter_s=-1)
+
+
+def test_token_bound_inclusive(tmp_path):
+    path = _write(tmp_path / "g.csv", f"time_s,input_tokens,output_tokens\n0,{traces.MAX_TOKENS},1\n")
+    assert traces.load(path).isl.tolist() == [traces.MAX_TOKENS]
+    path = _write(tmp_path / "h.csv", f"time_s,input_tokens,output_tokens\n0,1,{traces.MAX_TOKENS + 1}\n")
+    with pytest.raises(TraceError, match=r"h\.csv:2: output_tokens is '100000001', expected a whole number of tokens from 0 to 100000000"):
+        traces.load(path)
+
+
+def test_duration_bound(tmp_path):
+    last = traces.MAX_DURATION_S
+    path = _write(tmp_path / "g.csv", f"time_s,input_tokens,output_tokens\n5,1,1\n{last + 5},1,1\n")
+    assert traces.load(path).duration_s == last
+    path = _write(tmp_path / "h.csv", f"time_s,input_tokens,output_tokens\n5,1,1\n{last + 6},1,1\n")
+    with pytest.raises(TraceError, match=r"h\.csv: the requests span 3\.456e\+07 s .* more than the maximum 34560000 s \(400 days\)"):
+        traces.load(path)
+
+
+def test_mooncake_rejects_boolean_timestamp(tmp_path):
+    path = _write(tmp_path / "m.jsonl", '{"timestamp": false, "input_length": 1, "output_length": 1}\n')
+    with pytest.raises(TraceError, match=r"m\.jsonl:1: timestamp is false, expected a number"):
+        traces.load(path)
+
+
+def test_servegen_file_not_utf8(tmp_path):
+    directory = tmp_path / "shape"
+    directory.mkdir()
+    _write(directory / "a.csv", "0,1,1,Gamma,1,1\n600,1,1,Gamma,1,1\n")
+    (directory / "b.csv").write_bytes(b"0,1,1,Gamma,1,1\n\xff\n")
+    with pytest.raises(TraceError, match=r"shape/b\.csv: not UTF-8 text \(invalid byte 0xff\)"):
+        traces.load(directory)
+
+
+def test_servegen_duration_bound(tmp_path):
+    path = _write(tmp_path / "s.csv", f"0,1,1,Gamma,1,1\n{traces.MAX_DURATION_S},1,1,Gamma,1,1\n")
+    with pytest.raises(TraceError, match="more than the maximum 34560000 s"):
+        traces.load(path, "servegen")

@@ -170,3 +170,36 @@ def test_prefill_service_extrapolates_beyond_profile():
     assert profile.prefill_ttft_seconds(10 * high) == profile.prefill_ttft_seconds(high)
     array = profile.prefill_service_seconds(np.array([high, 4 * high]))
     assert array[1] == pytest.approx(4 * array[0])
+
+
+def test_profile_path_is_file(tmp_path):
+    path = tmp_path / "profile.npz"
+    path.write_bytes(b"x")
+    with pytest.raises(ProfileError, match=f"profile {path} is not a directory"):
+        Profile.load(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "the file is empty; expected an npz \\(zip\\) archive"),
+        (b"not a zip archive\n", "not an npz \\(zip\\) archive"),
+        (b"\x93NUMPY\x01\x00", "not an npz \\(zip\\) archive"),
+    ],
+    ids=["empty", "text", "npy header"],
+)
+def test_npz_not_an_archive(tmp_path, content, message):
+    target = tmp_path / "profile"
+    shutil.copytree(bundled_profile_dir(), target)
+    (target / PREFILL_FILE).write_bytes(content)
+    with pytest.raises(ProfileError, match=f"prefill_interpolation/raw_data\\.npz: {message}"):
+        Profile.load(target)
+
+
+def test_npz_truncated_archive(tmp_path):
+    target = tmp_path / "profile"
+    shutil.copytree(bundled_profile_dir(), target)
+    data = (target / DECODE_FILE).read_bytes()
+    (target / DECODE_FILE).write_bytes(data[: len(data) // 2] + data[-22:])
+    with pytest.raises(ProfileError, match=r"decode_interpolation/raw_data\.npz"):
+        Profile.load(target)

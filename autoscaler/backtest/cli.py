@@ -125,9 +125,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    check_output_paths(args)
     if args.prometheus:
         return _run_history(args)
+    check_output_paths(args)
     _check_trace_options(args)
     profile = Profile.load(args.profile) if args.profile else Profile.load(bundled_profile_dir())
     manifest = load_manifest(args.manifest) if args.manifest else default_manifest()
@@ -173,12 +173,13 @@ def _run_history(args: argparse.Namespace) -> int:
     from metrics.catalog import SignalCatalog
     from metrics.prometheus import PrometheusSource
 
-    given = [f"--{name.replace('_', '-')}" for name in _SIMULATION_ONLY if getattr(args, name) is not None]
+    rejected = [f"--{name.replace('_', '-')}" for name in _SIMULATION_ONLY if getattr(args, name) is not None]
     if args.no_baselines:
-        given.append("--no-baselines")
-    if given:
-        raise ValueError(f"{', '.join(given)} cannot be used with --prometheus (history mode replays recorded signals, without a trace or a simulated cluster)")
+        rejected.append("--no-baselines")
+    if rejected:
+        raise ValueError(f"{', '.join(rejected)} cannot be used with --prometheus (history mode replays recorded signals, without a trace or a simulated cluster)")
     _check_prometheus_url(args.prometheus)
+    check_output_paths(args)
     if args.config is not None and len(args.config) > 1:
         raise ValueError(f"history mode replays one configuration, got {len(args.config)} --config options")
     if args.start is None or args.end is None:
@@ -320,9 +321,10 @@ def _check_window_multiple(option: str, value: float | None, shape: traces.RateS
     windows = value / shape.window_s
     if abs(windows - round(windows)) > 1e-9:
         lower = math.floor(windows) * shape.window_s
+        examples = f"{lower:g} or {lower + shape.window_s:g}" if lower > 0 else f"{shape.window_s:g}"
         raise ValueError(
-            f"invalid {option} {value:g}: rate shape {shape.name} has windows of {shape.window_s:g} s; "
-            f"give a multiple of {shape.window_s:g}, such as {lower:g} or {lower + shape.window_s:g}"
+            f"invalid {option} {value:g}: rate shape {shape.name} has windows of {shape.window_s:g} s, and a partial "
+            f"window would count as a whole one; give a multiple of {shape.window_s:g}, such as {examples}"
         )
 
 
@@ -362,9 +364,9 @@ def _non_negative_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid seconds {text!r}: expected a number >= 0") from None
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected seconds >= 0") from None
     if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"invalid seconds {text!r}: expected a number >= 0")
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected seconds >= 0")
     return value
 
 

@@ -23,8 +23,8 @@ from metrics.sample import Sample, SignalRequest
 
 SampleSeries = Mapping[str, Mapping[str, Sequence[tuple[float, Sample]]]]
 
-# Ticks of one replay: about 17 days at a 15 s interval. Each tick holds every target's samples
-# and decision in memory, and every 11,000 ticks cost one more range query per signal group.
+# Ticks of one replay: about 17 days at a 15 s interval. Every target's samples and decision of
+# each tick stay in memory, and every 10,000 ticks cost one more range query per signal group.
 MAX_TICKS = 100_000
 
 

@@ -1,7 +1,7 @@
 """Warnings about workload parts that the serving model cannot simulate faithfully, or no policy can serve.
 
-The backtest still runs in every case here; the warnings go to the table and the JSON report, so a
-reader knows which numbers are estimates and what attainment no policy can exceed.
+The backtest still runs in every case here. The warnings go to the table and the JSON report, so
+a reader can tell which numbers are estimates and what attainment no policy can exceed.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def workload_warnings(workload: Workload, profile: Profile, settings: Settings, 
         return []
     isl = np.maximum(lengths.isl, 1).astype(float)
     osl = lengths.osl.astype(float)
-    what = "requests" if workload.trace is not None else f"requests of the length mix ({lengths.name})"
+    subject = "requests" if workload.trace is not None else f"requests of the length mix ({lengths.name})"
     total = isl.size
     warnings = []
 
@@ -32,7 +32,7 @@ def workload_warnings(workload: Workload, profile: Profile, settings: Settings, 
     longer = int(np.count_nonzero(isl > longest))
     if longer:
         warnings.append(
-            f"{_share(longer, total)} {what} have prompts longer than the profile's longest input of {longest:.0f} tokens "
+            f"{_share(longer, total)} {subject} have prompts longer than the profile's longest input of {longest:.0f} tokens "
             f"(up to {isl.max():.0f}); their prefill time is a linear extrapolation, so it is an estimate"
         )
 
@@ -41,7 +41,7 @@ def workload_warnings(workload: Workload, profile: Profile, settings: Settings, 
     if slow:
         ceiling = 1.0 - slow / total
         warnings.append(
-            f"{_share(slow, total)} {what} need more than the TTFT SLO of {settings.ttft_slo_s:g} s for their prefill alone "
+            f"{_share(slow, total)} {subject} need more than the TTFT SLO of {settings.ttft_slo_s:g} s for their prefill alone "
             f"(up to {service.max():.3g} s), so no policy can meet their TTFT: attainment is at most {ceiling * 100:.1f}%"
         )
 
@@ -49,7 +49,7 @@ def workload_warnings(workload: Workload, profile: Profile, settings: Settings, 
     oversized = int(np.count_nonzero(isl + osl > replica_kv))
     if oversized:
         warnings.append(
-            f"{_share(oversized, total)} {what} need more KV cache (input + output up to {np.max(isl + osl):.0f} tokens) than a "
+            f"{_share(oversized, total)} {subject} need more KV cache (input + output up to {np.max(isl + osl):.0f} tokens) than a "
             f"decode replica has ({replica_kv:.0f} tokens); the model runs each of them on one whole replica, so their decode is an estimate"
         )
 

@@ -8,11 +8,12 @@ sizes each role with no cold start and no forecasting error:
   time the prompts need when every engine is busy all the time;
 - decode replicas = ceil(output tokens of the window / window / (best decode tokens/s/GPU
   meeting the ITL SLO at the window's mean context isl + osl/2) / the replica's GPUs), the
-  Dynamo planner's decode rule with the true load. The planner may pick a KV usage up to 1.
-  The serving models admit a request only with KV room for its whole sequence isl + osl, while
-  it holds isl + osl/2 on average, so their KV usage cannot pass the window's
-  sum(isl + osl/2) / sum(isl + osl), about 0.92 for the Azure traces. The oracle takes its best
-  throughput at or below that usage, which is what the simulated decode pool can reach;
+  Dynamo planner's decode rule with the true load, except for how the best throughput is
+  found. It is running requests / ITL at the best KV usage, as in the serving models, not the
+  profile's throughput table (see `_best_decode`). The usage is capped at
+  sum(isl + osl/2) / sum(isl + osl) of the window (about 0.92 for the Azure traces), because
+  the serving models admit a request only with KV room for its whole sequence, while it
+  occupies isl + osl/2 on average;
 - at least one replica per role, because a Grove scaling group cannot go to zero.
 
 Its GPU-hours are the sum over windows of the GPUs of those replicas times the window. It
@@ -67,7 +68,7 @@ def oracle_for_trace(
         usage = np.where(requests > 0, context_sum / np.maximum(need_sum, 1e-9), float(np.sum(isl + osl / 2) / np.sum(need)))
     return _size(
         profile, prefill_seconds / window_s, output_tokens / window_s, context, usage,
-        prefill_gpus, decode_gpus, itl_slo_s, window_s, trace.duration_s,
+        prefill_gpus, decode_gpus, itl_slo_s, window_s, trace.duration_s, gpus_per_engine,
     )
 
 
@@ -90,7 +91,7 @@ def oracle_for_shape(
     usage = np.full(shape.rate.size, float(np.sum(isl + osl / 2) / np.sum(_kv_need(isl, osl, profile, decode_gpus, gpus_per_engine))))
     return _size(
         profile, shape.rate * prefill_per_request, shape.rate * output_per_request, context, usage,
-        prefill_gpus, decode_gpus, itl_slo_s, shape.window_s, shape.duration_s,
+        prefill_gpus, decode_gpus, itl_slo_s, shape.window_s, shape.duration_s, gpus_per_engine,
     )
 
 
@@ -99,9 +100,9 @@ def _kv_need(isl: np.ndarray, osl: np.ndarray, profile: Profile, decode_gpus: fl
     return np.minimum(isl + osl, profile.max_kv_tokens * decode_gpus / gpus_per_engine)
 
 
-def _size(profile, prefill_gpu_load, output_rate, context, usage, prefill_gpus, decode_gpus, itl_slo_s, window_s, duration_s) -> OracleResult:
+def _size(profile, prefill_gpu_load, output_rate, context, usage, prefill_gpus, decode_gpus, itl_slo_s, window_s, duration_s, gpus_per_engine) -> OracleResult:
     # prefill_gpu_load is GPU-seconds of prompt work per second (one-GPU engines).
-    decode_per_gpu = np.array([_best_decode(profile, itl_slo_s, value, limit) for value, limit in zip(context, usage)])
+    decode_per_gpu = np.array([_best_decode(profile, itl_slo_s, value, limit, gpus_per_engine) for value, limit in zip(context, usage)])
     decode_gpu_load = output_rate / decode_per_gpu
     prefill = np.maximum(1, np.ceil(prefill_gpu_load / prefill_gpus - 1e-9)).astype(int)
     decode = np.maximum(1, np.ceil(decode_gpu_load / decode_gpus - 1e-9)).astype(int)
@@ -118,25 +119,30 @@ def _size(profile, prefill_gpu_load, output_rate, context, usage, prefill_gpus, 
     )
 
 
-_BEST_CACHE: dict[tuple[int, float, int, int], float] = {}
+_BEST_CACHE: dict[tuple[int, float, int, int, float], float] = {}
 
 _USAGE_POINTS = 201
 
 
-def _best_decode(profile: Profile, itl_slo_s: float, context: float, max_usage: float = 1.0) -> float:
-    """Return the decode tokens/s/GPU at the highest KV usage up to `max_usage` whose ITL meets the SLO.
+def _best_decode(profile: Profile, itl_slo_s: float, context: float, max_usage: float = 1.0, gpus_per_engine: float = 1.0) -> float:
+    """Return the most decode tokens/s/GPU at a KV usage up to `max_usage` whose ITL meets the SLO.
 
-    The lookups are the bilinear ones the serving models use. When no usage meets the SLO, the
-    lowest-load throughput is returned, as the Dynamo planner does.
+    Throughput is running requests / ITL, with running = usage x KV tokens / context, as in the
+    serving models. The profile's throughput table is not used. Outside the profiled points its
+    grid repeats the nearest point, often one of a shorter context with more requests in flight,
+    so it promises more tokens/s than its ITL allows at that usage. When no usage meets the SLO,
+    the lowest usage is taken, as the Dynamo planner does.
     """
     # Context rounded to 64 tokens and usage to 0.005: the profile grid is coarser than that.
     usage_step = int(min(max(max_usage, 0.0), 1.0) * 200)
-    key = (id(profile), itl_slo_s, int(context // 64), usage_step)
+    key = (id(profile), itl_slo_s, int(context // 64), usage_step, gpus_per_engine)
     if key not in _BEST_CACHE:
-        kv = np.linspace(0.0, usage_step / 200, _USAGE_POINTS)
-        contexts = np.full(kv.size, float(context))
-        meeting = np.nonzero(profile.decode_itl_seconds(kv, contexts) <= itl_slo_s)[0]
-        index = int(meeting[-1]) if meeting.size else 0
-        throughput = float(profile.decode_throughput_per_gpu(kv[index : index + 1], contexts[:1])[0])
-        _BEST_CACHE[key] = max(throughput, 1e-9)
+        # The bucket's upper edge: a longer context is slower, so the oracle never overstates throughput.
+        context = (int(context // 64) + 1) * 64
+        kv = np.linspace(0.0, usage_step / 200, _USAGE_POINTS)[1:]
+        itl = profile.decode_itl_seconds(kv, np.full(kv.size, context))
+        throughput = kv * profile.max_kv_tokens / gpus_per_engine / context / itl
+        meeting = itl <= itl_slo_s
+        best = float(np.max(throughput[meeting])) if np.any(meeting) else float(throughput[0])
+        _BEST_CACHE[key] = max(best, 1e-9)
     return _BEST_CACHE[key]
