@@ -35,12 +35,18 @@ DEFAULT_MIN_PEAK_GPUS = 8.0
 EXIT_INVALID_INPUT = 2
 EXIT_NO_DATA = 1
 
-# The event model keeps a few arrays per request and takes minutes per ten million requests.
+# Both serving models keep arrays over every request of the scaled trace. In request mode 50 million
+# requests take about 2.5 minutes per policy set, an estimate scaled from the bundled default run.
 MAX_REQUESTS = 50_000_000
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
-# Options of a simulated run that history mode does not use; it rejects them instead of ignoring them.
+# Longest simulated range per mode. The request model records signals every second, about 0.5 kB
+# per second (0.6 GB for 14 days). The fluid model took about 60 s per 14 days on the benchmark
+# machine, so 31 days take about 2 minutes there.
+MAX_SIMULATED_DAYS = {"request": 14, "fluid": 31}
+
+# Options of a simulated run that history mode does not use, so it rejects them instead of ignoring them.
 _SIMULATION_ONLY = ("trace", "format", "lengths_from", "rate_scale", "jitter", "profile", "mode", "csv", "plot")
 
 
@@ -109,7 +115,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the backtest described by parsed arguments; return the exit code (2 on invalid input)."""
+    """Run the backtest described by parsed arguments and return the exit code: 2 on invalid input, 1 when history mode read no data."""
     try:
         return _run(args)
     except (traces.TraceError, ProfileError, TopologyError, ValueError) as error:
@@ -142,6 +148,7 @@ def _run(args: argparse.Namespace) -> int:
     mode = args.mode or ("request" if workload.trace is not None and workload.shape is None else "fluid")
     if mode == "request" and workload.trace is None:
         raise ValueError(f"trace {workload.name} is a rate shape without request times; use --mode fluid")
+    _check_simulated_range(workload, mode)
     settings = Settings(
         ttft_slo_s=args.ttft_slo, itl_slo_s=args.itl_slo, cold_start_s=args.cold_start,
         mode=mode, gpus_per_pod=args.gpus_per_pod, seed=args.seed,
@@ -311,6 +318,17 @@ def _load_workload(args: argparse.Namespace) -> Workload:
         raise ValueError(f"--lengths-from {args.lengths_from} applies only to a rate shape, but {loaded.name} is a request-level trace with its own lengths; leave out --lengths-from")
     trace = traces.cut(loaded, start, end) if start is not None or end is not None else loaded
     return Workload(name=trace.name, duration_s=trace.duration_s, trace=trace)
+
+
+def _check_simulated_range(workload: Workload, mode: str) -> None:
+    days = workload.duration_s / 86400
+    limit = MAX_SIMULATED_DAYS[mode]
+    if days > limit:
+        other = " or --mode fluid" if mode == "request" and days <= MAX_SIMULATED_DAYS["fluid"] else ""
+        raise ValueError(
+            f"trace {workload.name} spans {days:.1f} days, more than the {limit} days that {mode} mode simulates; "
+            f"replay a part with --start and --end{other}"
+        )
 
 
 def _check_window_multiple(option: str, value: float | None, shape: traces.RateShape) -> None:
