@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from autoscaler import __version__
+from autoscaler import __version__, argtypes
 from autoscaler.config import ConfigError, load_config
 
 logger = logging.getLogger("grove_autoscaler")
@@ -132,37 +131,17 @@ def cmd_adapter(args: argparse.Namespace) -> int:
     return run_controller(config, args, serve_metrics_api=True)
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected a whole number from 0 to 65535") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected a whole number from 0 to 65535")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid seconds {text!r}: expected a finite number >= 0") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"invalid seconds {text!r}: expected a finite number >= 0")
-    return value
-
-
 def _add_cluster(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="path of the YAML configuration")
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
     parser.add_argument("--context", help="kubeconfig context")
-    parser.add_argument("--reload-seconds", type=_seconds, default=10.0, help="how often to check the config file for changes, in seconds (0 disables)")
-    parser.add_argument("--metrics-port", type=_port, default=0, help="serve /metrics, /healthz and /readyz on this port (default 0: off)")
+    parser.add_argument("--reload-seconds", type=argtypes.non_negative_seconds, default=10.0, help="how often to check the config file for changes, in seconds (0 disables)")
+    parser.add_argument("--metrics-port", type=argtypes.port, default=0, help="serve /metrics, /healthz and /readyz on this port (default 0: off)")
     parser.add_argument("--metrics-host", default="0.0.0.0", help="address for --metrics-port (default 0.0.0.0)")
 
 
 def _add_adapter_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--adapter-port", type=_port, default=6443, help="HTTPS port of the external metrics API (default 6443)")
+    parser.add_argument("--adapter-port", type=argtypes.port, default=6443, help="HTTPS port of the external metrics API (default 6443)")
     parser.add_argument("--adapter-host", default="0.0.0.0", help="address of the external metrics API (default 0.0.0.0)")
     parser.add_argument("--tls-cert-file", help="serving certificate (PEM); a self-signed one is made when absent")
     parser.add_argument("--tls-key-file", help="private key of --tls-cert-file (PEM)")
@@ -243,9 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--leader-elect", action="store_true", help="write only while holding the coordination.k8s.io Lease")
     run.add_argument("--lease-name", default="grove-autoscaler", help="name of the leader-election Lease (default grove-autoscaler)")
     run.add_argument("--lease-namespace", help="namespace of the Lease (default: the pod's namespace)")
-    run.add_argument("--lease-duration-seconds", type=_seconds, default=15.0, help="how long a Lease holds without renewal, in seconds (default 15)")
-    run.add_argument("--renew-deadline-seconds", type=_seconds, default=10.0, help="the leader stops writing when it could not renew for this long, in seconds (default 10)")
-    run.add_argument("--retry-period-seconds", type=_seconds, default=2.0, help="time between Lease renewals and acquisition attempts, in seconds (default 2)")
+    run.add_argument("--lease-duration-seconds", type=argtypes.non_negative_seconds, default=15.0, help="how long a Lease holds without renewal, in seconds (default 15)")
+    run.add_argument("--renew-deadline-seconds", type=argtypes.non_negative_seconds, default=10.0, help="the leader stops writing when it could not renew for this long, in seconds (default 10)")
+    run.add_argument("--retry-period-seconds", type=argtypes.non_negative_seconds, default=2.0, help="time between Lease renewals and acquisition attempts, in seconds (default 2)")
     run.add_argument("--adapter", action="store_true", help="also serve the external metrics API in this process")
     _add_adapter_options(run)
     _add_common(run)
@@ -267,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain = commands.add_parser("explain", help="show every input, policy desire and adjustment behind each decision")
     explain.add_argument("--config", required=True, help="path of the YAML configuration")
     explain.add_argument("--metrics", help="explain a replayed tick of this CSV instead of the live cluster")
-    explain.add_argument("--at", type=_seconds, help="with --metrics: seconds from the first tick (default: the last tick)")
+    explain.add_argument("--at", type=argtypes.non_negative_seconds, help="with --metrics: seconds from the first tick (default: the last tick)")
     explain.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
     explain.add_argument("--context", help="kubeconfig context")
     explain.add_argument("--json", action="store_true", help="print JSON instead of text")

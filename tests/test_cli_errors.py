@@ -29,9 +29,9 @@ def test_errors_are_one_line(argv, message, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["run", "--config", CONFIG, "--metrics-port", "99999"], "invalid port '99999'"),
-        (["run", "--config", CONFIG, "--reload-seconds", "-1"], "invalid seconds '-1'"),
-        (["explain", "--config", CONFIG, "--metrics", "x.csv", "--at", "nan"], "invalid seconds 'nan'"),
+        (["run", "--config", CONFIG, "--metrics-port", "99999"], "argument --metrics-port: invalid value '99999': expected a port number"),
+        (["run", "--config", CONFIG, "--reload-seconds", "-1"], "argument --reload-seconds: invalid value '-1'"),
+        (["explain", "--config", CONFIG, "--metrics", "x.csv", "--at", "nan"], "argument --at: invalid value 'nan'"),
     ],
 )
 def test_bad_option_values_rejected(argv, message, capsys):

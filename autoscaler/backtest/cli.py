@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from autoscaler import argtypes
 from autoscaler.backtest import baselines, limits, report, traces
 from autoscaler.backtest.cluster import (
     TopologyError,
@@ -83,7 +84,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--jitter",
-        type=_non_negative_seconds,
+        type=argtypes.non_negative_seconds,
         default=None,
         help="with --rate-scale above 1: each added copy's arrivals move by a random offset of up to this many seconds "
         f"(default {traces.DEFAULT_JITTER_SECONDS:g}; 0 stacks every burst)",
@@ -92,12 +93,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--config", action="append", help="configuration file of one policy set; repeat to compare several (default: bundled example)")
     parser.add_argument("--profile", help="Dynamo profiling directory (default: bundled H200 TP1 profile)")
     parser.add_argument("--manifest", help="PodCliqueSet manifest of the simulated deployment (default: bundled multi-node disaggregated example)")
-    parser.add_argument("--gpus-per-pod", type=_positive_number, default=1.0, help="GPUs per pod when the manifest requests none (default: 1)")
+    parser.add_argument("--gpus-per-pod", type=argtypes.positive_number, default=1.0, help="GPUs per pod when the manifest requests none (default: 1)")
 
     parser.add_argument("--mode", choices=("request", "fluid"), help="request-level events or per-second fluid model (default: request for traces, fluid for rate shapes)")
-    parser.add_argument("--cold-start", type=_non_negative_seconds, default=120.0, help="seconds before a new replica serves (default: 120)")
-    parser.add_argument("--ttft-slo", type=_positive_number, default=0.5, help="TTFT objective per request, seconds (default: 0.5)")
-    parser.add_argument("--itl-slo", type=_positive_number, default=0.05, help="mean ITL objective per request, seconds (default: 0.05)")
+    parser.add_argument("--cold-start", type=argtypes.non_negative_seconds, default=120.0, help="seconds before a new replica serves (default: 120)")
+    parser.add_argument("--ttft-slo", type=argtypes.positive_number, default=0.5, help="TTFT objective per request, seconds (default: 0.5)")
+    parser.add_argument("--itl-slo", type=argtypes.positive_number, default=0.05, help="mean ITL objective per request, seconds (default: 0.05)")
 
     parser.add_argument("--no-baselines", action="store_true", help="run only the configured policy sets")
     parser.add_argument("--json", help="write the results as JSON to this file")
@@ -109,7 +110,7 @@ def add_parser(subparsers) -> None:
         help="history mode: read the configured signals from this Prometheus URL between --start and --end "
         "(Unix seconds or RFC 3339) and replay them through the engine open loop",
     )
-    parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the rate scaling (default: 0)")
+    parser.add_argument("--seed", type=argtypes.non_negative_int, default=0, help="seed of the rate scaling (default: 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -355,36 +356,6 @@ def _seconds(text: str | None, option: str) -> float | None:
         raise ValueError(f"invalid {option} {text!r}: expected seconds from the trace start") from None
     if not math.isfinite(value):
         raise ValueError(f"invalid {option} {text!r}: expected a finite number of seconds")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected an integer >= 0") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected an integer >= 0")
-    return value
-
-
-def _positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number > 0") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number > 0")
-    return value
-
-
-def _non_negative_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected seconds >= 0") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected seconds >= 0")
     return value
 
 

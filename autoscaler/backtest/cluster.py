@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
+from autoscaler.manifests import selector_matches
 from autoscaler.config import Config, TargetConfig
 from autoscaler.gpus import TemplateError, gpus_per_replica
 from autoscaler.specs import DiscoveredTarget
@@ -148,21 +149,7 @@ def _rule_selects(rule: TargetConfig, pcs_name: str, namespace: str, labels: Map
         return False
     if selector.names and pcs_name not in selector.names:
         return False
-    for key, value in selector.selector.match_labels.items():
-        if labels.get(key) != value:
-            return False
-    for requirement in selector.selector.match_expressions:
-        present = requirement.key in labels
-        value = labels.get(requirement.key)
-        if requirement.operator == "In" and value not in requirement.values:
-            return False
-        if requirement.operator == "NotIn" and present and value in requirement.values:
-            return False
-        if requirement.operator == "Exists" and not present:
-            return False
-        if requirement.operator == "DoesNotExist" and present:
-            return False
-    return True
+    return selector_matches(selector.selector, dict(labels))
 
 
 def _target_for_rule(
