@@ -14,6 +14,8 @@ import logging
 import math
 import os
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,6 +43,8 @@ MAX_POINTS_PER_RANGE_QUERY = 10_000
 # characters worked in one query and 40,000 failed. A group whose label values add up to more
 # characters than this is split into several queries (URL escaping can triple the size).
 MAX_SELECTOR_CHARS = 200_000
+# Queries of one tick sent at once; a few are enough, since one tick has one query per signal group.
+MAX_PARALLEL_QUERIES = 4
 
 # Queries in log lines are cut to this many characters.
 MAX_LOGGED_QUERY_CHARS = 1_000
@@ -96,6 +100,10 @@ class PrometheusSource:
         self._token: str | None = None
         self._failing: dict[tuple[str, tuple[str, ...], int], tuple[str, int]] = {}
         self._logged_plan_errors: set[str] = set()
+        # Queries of one tick run in parallel, so a hung server holds a tick for one timeout, not
+        # one per signal. The lock guards the counter, the failure map and the token.
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
 
         session = requests.Session()
         if insecure_skip_verify:
@@ -125,6 +133,9 @@ class PrometheusSource:
         )
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         self._client.close()
 
     def __enter__(self) -> PrometheusSource:
@@ -138,8 +149,15 @@ class PrometheusSource:
     def fetch(self, requests: Sequence[SignalRequest], now: float | None = None) -> Samples:
         """Return a sample per request, evaluated at `now` (Unix seconds) or at the server's time."""
         result: Samples = {}
-        for group in self._plan(requests):
-            for request, sample in zip(group.requests, self._fetch_group(group, now)):
+        groups = self._plan(requests)
+        if len(groups) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=MAX_PARALLEL_QUERIES, thread_name_prefix="prometheus-query")
+            answers = list(self._pool.map(lambda group: self._fetch_group(group, now), groups))
+        else:
+            answers = [self._fetch_group(group, now) for group in groups]
+        for group, samples in zip(groups, answers):
+            for request, sample in zip(group.requests, samples):
                 result.setdefault(request.target, {})[request.signal] = sample
         return result
 
@@ -259,6 +277,10 @@ class PrometheusSource:
         """Set the Authorization header from the token file, read again whenever the file changes."""
         if self._token_file is None:
             return
+        with self._lock:
+            self._authorize_locked()
+
+    def _authorize_locked(self) -> None:
         try:
             status = os.stat(self._token_file)
             signature = (status.st_mtime_ns, status.st_size)
@@ -272,7 +294,8 @@ class PrometheusSource:
         self._client.headers = {"Authorization": f"Bearer {self._token}"}
 
     def _send(self, group: _Group, call: Any) -> Any:
-        self.queries_made += 1
+        with self._lock:
+            self.queries_made += 1
         try:
             return call()
         except requests.exceptions.Timeout:
@@ -285,7 +308,9 @@ class PrometheusSource:
             raise QueryError(f"invalid response from {self.url}: {error}") from None
 
     def _failed(self, group: _Group, reason: str) -> list[Sample]:
-        previous, count = self._failing.get(group.key, ("", 0))
+        with self._lock:
+            previous, count = self._failing.get(group.key, ("", 0))
+            self._failing[group.key] = (reason, count + 1)
         if reason != previous:
             log.warning(
                 "prometheus query for signal %s failed (%d targets unknown): %s; query: %s",
@@ -294,11 +319,11 @@ class PrometheusSource:
                 reason,
                 _shorten_query(group.query),
             )
-        self._failing[group.key] = (reason, count + 1)
         return [Sample.unknown(f"prometheus query failed: {reason}")] * len(group.requests)
 
     def _succeeded(self, group: _Group) -> None:
-        failure = self._failing.pop(group.key, None)
+        with self._lock:
+            failure = self._failing.pop(group.key, None)
         if failure is not None:
             log.info("prometheus query for signal %s succeeded again after %d failures", group.signal, failure[1])
 
