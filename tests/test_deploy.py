@@ -355,7 +355,7 @@ def test_dockerignore_keeps_build_inputs() -> None:
     patterns = (PROJECT_ROOT / ".dockerignore").read_text().split()
     [builder, _] = dockerfile_stages()
     copied = [word for instruction in builder if instruction.startswith("COPY ") for word in instruction.split()[1:-1]]
-    assert copied == ["pyproject.toml", "README.md", "autoscaler", "policies", "metrics"]
+    assert copied == ["pyproject.toml", "README.md", "LICENSE", "autoscaler", "policies", "metrics"]
     for source in copied:
         assert f"!{source}" in patterns or f"!{source}/" in patterns
 
@@ -397,5 +397,6 @@ def test_wheel_contains_packages(tmp_path: Path) -> None:
     ):
         assert module in names, f"{module} missing from {wheel.name}"
     assert not any(name.startswith("tests/") for name in names)
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
     [entry_points] = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
     assert "grove-autoscaler = autoscaler.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
