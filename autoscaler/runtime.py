@@ -26,22 +26,26 @@ class StartupError(Exception):
 
 def make_api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
     """Build an API client: the given kubeconfig, else in-cluster, else the default kubeconfig."""
+    configuration = client.Configuration()
     try:
         if kubeconfig:
             if not os.path.isfile(kubeconfig):
                 raise StartupError(f"kubeconfig {kubeconfig} not found or not a file")
-            return kube_config.new_client_from_config(config_file=kubeconfig, context=context)
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            configuration = client.Configuration()
+            kube_config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
             kube_config.load_incluster_config(client_configuration=configuration)
-            return client.ApiClient(configuration)
-        return kube_config.new_client_from_config(context=context)
+        else:
+            kube_config.load_kube_config(context=context, client_configuration=configuration)
     except kube_config.ConfigException as error:
         where = kubeconfig or "the default kubeconfig (~/.kube/config or KUBECONFIG)"
         raise StartupError(f"invalid Kubernetes client configuration in {where}: {error}") from None
     except (OSError, ValueError, TypeError, AttributeError) as error:
         where = kubeconfig or "the default kubeconfig"
         raise StartupError(f"cannot load {where}: {type(error).__name__}: {error}") from None
+    # One retry for a dropped connection; the default three would stretch a hung call to four
+    # timeouts, and the next tick retries anyway.
+    configuration.retries = 1
+    return client.ApiClient(configuration)
 
 
 def make_source(config: Config):

@@ -41,7 +41,7 @@ def controller(kube_emulator, shared_dir, prometheus_server):
     server = prometheus_server(data)
     clock = {"now": T0 + 600}
     cfg = config(server.url)
-    built = Controller(cfg, KubeClient(kube_emulator.api_client(), timeout_seconds=3), PrometheusSource.from_config(cfg.metrics),
+    built = Controller(cfg, KubeClient(kube_emulator.api_client(), timeout_seconds=5), PrometheusSource.from_config(cfg.metrics),
                        clock=lambda: clock["now"])
     return kube_emulator, built, clock
 
@@ -88,7 +88,8 @@ def test_dropped_event_post_does_not_stop_the_tick(controller):
 
 def test_slow_list_times_out_and_holds(controller):
     emulator, ctl, _ = controller
-    emulator.inject_fault(method="GET", path_regex=r"/podcliquescalinggroups$", delay_seconds=8, count=None)
+    ctl.kube.timeout = 1
+    emulator.inject_fault(method="GET", path_regex=r"/podcliquescalinggroups$", delay_seconds=3, count=None)
 
     result = ctl.tick()
 
