@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 class StartupError(Exception):
-    """A problem found before the first tick (kubeconfig, ports, certificates); the message says what to fix."""
+    """A problem found before the first tick (kubeconfig, ports, certificates), with a message naming the fix."""
 
 
 def make_api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:

@@ -12,7 +12,7 @@ from metrics.sample import SignalRequest
 
 
 class SlowPrometheus(ThreadingHTTPServer):
-    """Answers every query with an empty vector after a pause, counting queries in flight."""
+    """A server that returns an empty vector for every query after a pause, counting queries in flight."""
 
     daemon_threads = True
 
