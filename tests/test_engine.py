@@ -171,7 +171,7 @@ def test_budget_cuts_lowest_priority_first():
 
 
 def test_budget_rebalance_shrinks_and_grows_in_one_tick():
-    """Kind 4: b must shrink for a to grow; both land in the same tick."""
+    """A rebalance does not deadlock: b shrinks and a grows in the same tick."""
     specs = [budget_spec("ns/podclique/a", gpus=1), budget_spec("ns/podclique/b", gpus=1)]
     observations = {"ns/podclique/a": {"load": Sample.of(7)}, "ns/podclique/b": {"load": Sample.of(1)}}
     decisions, _ = run_once(specs, observations, {"ns/podclique/a": 2, "ns/podclique/b": 6}, budgets={"gpus": 8})

@@ -58,7 +58,7 @@ def desired_by_time(records, target=DECODE):
 
 
 def test_zero_traffic_scales_down_to_floor(tmp_path):
-    """Kind 1: a 0/0 window is idle, not unknown, so an idle fleet goes to its floor."""
+    """A 0/0 window at zero traffic is idle, not unknown, so an idle fleet goes to its floor."""
     rows = [
         f"0,{DECODE},replicas,6",
         f"0,{DECODE},itl_p90,nan",
@@ -71,7 +71,7 @@ def test_zero_traffic_scales_down_to_floor(tmp_path):
 
 
 def test_failed_query_never_scales_down(tmp_path):
-    """Kind 2: a failed read is unknown, never zero, so nothing scales down at peak."""
+    """A failed read is unknown, never zero, so nothing scales down at peak."""
     rows = [f"0,{DECODE},replicas,8", f"0,{DECODE},itl_p90,error", f"0,{DECODE},kv_cache_usage,error"]
     records = replay_rows(tmp_path, rows)
     assert desired_by_time(records) == [(0.0, 8)]
@@ -80,7 +80,7 @@ def test_failed_query_never_scales_down(tmp_path):
 
 
 def test_outside_change_is_corrected(tmp_path):
-    """Kind 3: the live value is the truth; a reset by hand or by Grove is re-asserted.
+    """The live value is the truth, so a reset by hand or by Grove's recovery is re-asserted.
 
     The rule keeps the default 300 s scale-down window, which still holds the earlier
     recommendation of 4 when the reset arrives.
@@ -103,7 +103,7 @@ def test_outside_change_is_corrected(tmp_path):
 
 
 def test_no_flapping_between_n_and_n_minus_one(tmp_path):
-    """Kind 6: removing one replica would push the rest over the SLO, so the count holds."""
+    """Removing one replica would push the rest over the SLO, so the count does not flap to N-1."""
     rows = [f"0,{DECODE},replicas,4"]
     for tick in range(6):
         rows += [f"{tick * 15},{DECODE},itl_p90,0.042", f"{tick * 15},{DECODE},kv_cache_usage,0.5"]
@@ -112,7 +112,7 @@ def test_no_flapping_between_n_and_n_minus_one(tmp_path):
 
 
 def test_one_failing_metric_blocks_scale_down_by_another(tmp_path):
-    """Kind 7: KV usage says scale down, ITL is unknown: nothing scales down."""
+    """KV usage asks for fewer replicas but ITL is unknown, so nothing scales down."""
     rows = [f"0,{DECODE},replicas,6", f"0,{DECODE},itl_p90,error", f"0,{DECODE},kv_cache_usage,0.1"]
     assert desired_by_time(replay_rows(tmp_path, rows)) == [(0.0, 6)]
 
@@ -123,7 +123,7 @@ def test_one_failing_metric_still_allows_scale_up(tmp_path):
 
 
 def test_label_mismatch_missing_series_holds(tmp_path):
-    """Kind 9: no series for a target (empty value) is unknown, so the target holds."""
+    """No series for a target (a label mismatch, recorded as empty) is unknown, so the target keeps its count."""
     rows = [f"0,{DECODE},replicas,5", f"0,{DECODE},itl_p90,", f"0,{DECODE},kv_cache_usage,"]
     records = replay_rows(tmp_path, rows)
     assert desired_by_time(records) == [(0.0, 5)]
