@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--leader-elect", action="store_true", help="write only while holding the coordination.k8s.io Lease")
     run.add_argument("--lease-name", default="grove-autoscaler", help="name of the leader-election Lease (default grove-autoscaler)")
     run.add_argument("--lease-namespace", help="namespace of the Lease (default: the pod's namespace)")
-    run.add_argument("--lease-duration-seconds", type=argtypes.non_negative_seconds, default=15.0, help="how long a Lease holds without renewal, in seconds (default 15)")
+    run.add_argument("--lease-duration-seconds", type=argtypes.non_negative_seconds, default=15.0, help="how long a Lease stays valid without renewal, in seconds (default 15)")
     run.add_argument("--renew-deadline-seconds", type=argtypes.non_negative_seconds, default=10.0, help="the leader stops writing when it could not renew for this long, in seconds (default 10)")
     run.add_argument("--retry-period-seconds", type=argtypes.non_negative_seconds, default=2.0, help="time between Lease renewals and acquisition attempts, in seconds (default 2)")
     run.add_argument("--adapter", action="store_true", help="also serve the external metrics API in this process")

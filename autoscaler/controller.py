@@ -274,7 +274,7 @@ def _short(ref: TargetRef) -> str:
 class Loop:
     """Runs `Controller.tick` on an APScheduler interval until SIGTERM or SIGINT.
 
-    A tick in progress finishes before the loop returns; ticks never overlap, and a tick that
+    A tick in progress finishes before the loop returns. Ticks never overlap, and a tick that
     overruns the interval makes the scheduler skip (coalesce) the missed runs.
     """
 

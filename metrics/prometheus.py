@@ -100,7 +100,7 @@ class PrometheusSource:
         self._token: str | None = None
         self._failing: dict[tuple[str, tuple[str, ...], int], tuple[str, int]] = {}
         self._logged_plan_errors: set[str] = set()
-        # Queries of one tick run in parallel, so a hung server holds a tick for one timeout, not
+        # Queries of one tick run in parallel, so a hung server delays a tick by one timeout, not
         # one per signal. The lock guards the counter, the failure map and the token.
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None

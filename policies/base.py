@@ -2,7 +2,7 @@
 
 A policy is a small pure unit: it reads the samples of the signals it declared and the
 target's current replica count, and returns a raw desire. It never applies bounds,
-stabilisation, rate limits, gang floors or budgets; the engine applies those once, after
+stabilisation, rate limits, gang floors or budgets. The engine applies those once, after
 every policy of a target, so a plugin author writes only the decision.
 """
 
@@ -31,7 +31,7 @@ class DesireKind(enum.Enum):
 
 @dataclass(frozen=True)
 class Desire:
-    """A policy's raw answer for one target at one tick.
+    """A policy's raw desire for one target at one tick.
 
     REPLICAS carries a count (not yet bounded). IDLE means every input was an idle window, so
     the target may go to its floor. UNKNOWN means an input was missing: the engine then

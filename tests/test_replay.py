@@ -82,7 +82,7 @@ def test_failed_query_never_scales_down(tmp_path):
 def test_outside_change_is_corrected(tmp_path):
     """The live value is the truth, so a reset by hand or by Grove's recovery is re-asserted.
 
-    The rule keeps the default 300 s scale-down window, which still holds the earlier
+    The rule keeps the default 300 s scale-down window, which still contains the earlier
     recommendation of 4 when the reset arrives.
     """
     config = copy.deepcopy(CONFIG)
