@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 
 class ConfigError(Exception):
-    """An invalid configuration; `problems` holds one message per invalid field."""
+    """An invalid configuration; `problems` contains one message per invalid field."""
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source

@@ -18,6 +18,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from kubernetes.client.exceptions import ApiException
 
+from autoscaler.budget import write_order
 from autoscaler.coexistence import find_conflicts, other_writers
 from autoscaler.config import Config
 from autoscaler.engine import Decision, EngineState, TargetSpec, decide, forget_scale, signal_requests
@@ -102,7 +103,12 @@ class Controller:
         live_targets = {str(live.target.ref): live for live in owned}
         specs = self._specs(owned, result)
 
-        observations = self.source.fetch(signal_requests(specs), now)
+        try:
+            observations = self.source.fetch(signal_requests(specs), now)
+        except Exception as error:  # a source must not raise; if one does, every signal is unknown
+            logger.exception("reading signals failed")
+            result.errors.append(f"reading signals failed: {type(error).__name__}: {error}")
+            observations = {}
         if specs and _all_unknown(observations, specs):
             message = "every signal of every target is unknown: check metrics.prometheus and the series labels"
             logger.error(message)
@@ -122,7 +128,8 @@ class Controller:
         )
         result.decisions = decisions
 
-        for decision in decisions:
+        # Shrinks go first, so GPUs a budget moves between targets are free before they are claimed.
+        for decision in write_order(decisions):
             try:
                 written = self._act(decision, live_targets[decision.target], result)
             except Exception as error:  # one target's failure must not stop the others

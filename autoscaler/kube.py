@@ -28,7 +28,7 @@ INSTANCE = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 CONFLICT_RETRIES = 3
 DEFAULT_TIMEOUT_SECONDS = 10.0
 
-# What a call may raise besides an HTTP error status: a dropped connection, a timeout, a reset.
+# Errors a call may raise besides an HTTP error status: a dropped connection, a timeout, a reset.
 TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
 
 
@@ -110,7 +110,7 @@ class KubeClient:
         raise AssertionError("unreachable")
 
     def emit_event(self, ref: TargetRef, uid: str | None, *, reason: str, message: str, event_type: str = "Normal") -> None:
-        """Create a core/v1 Event on the object; failures are logged, never raised."""
+        """Create a core/v1 Event on the object; an HTTP or transport failure is logged, not raised."""
         now = datetime.datetime.now(datetime.timezone.utc)
         event = client.CoreV1Event(
             metadata=client.V1ObjectMeta(name=f"{ref.name}.{uuid.uuid4().hex[:16]}", namespace=ref.namespace),

@@ -102,7 +102,7 @@ def _parse_count(sample: Sample, text: str, signal: str, where: str) -> int:
 def read_recording(path: str | Path, known_signal: Callable[[str], bool] = lambda name: True) -> Recording:
     """Parse a replay CSV; raise ReplayError naming the line of the first malformed row.
 
-    `known_signal` tells whether a signal name is valid; the pseudo-signals always are.
+    `known_signal` returns whether a signal name is valid; the pseudo-signals always are.
     """
     path = Path(path)
     try:

@@ -1,4 +1,4 @@
-"""Where signals come from: metric sources, the signal catalog and engine presets."""
+"""Signal sources: metric sources, the signal catalog and engine presets."""
 
 from metrics.sample import Sample, SampleKind, SignalRequest
 

@@ -1,7 +1,7 @@
 """The signal catalog: stable signal names, their units, and the PromQL that computes them.
 
-A signal name is product vocabulary (`ttft_p90`, `kv_cache_usage`); the preset of the configured
-engine says which metric carries it. Every definition also states how to read a missing result:
+A signal name is product vocabulary (`ttft_p90`, `kv_cache_usage`), and the preset of the
+configured engine names the metric that carries it. Every definition also states how to read a missing result:
 
 - quantile and mean: zero traffic in the window makes the query 0/0 = NaN, which is idle;
 - rate: a counter that did not move is a real 0;
@@ -107,7 +107,7 @@ class SignalDefinition:
         """Render the PromQL for all targets at once.
 
         `matchers` is a comma-separated label matcher list without braces (it may be empty), and
-        `by` the labels that identify targets; each result series carries exactly those labels.
+        `by` the labels that identify targets. Each result series carries exactly those labels.
         """
         group = grouping(by)
         if self.shape is QueryShape.CUSTOM:

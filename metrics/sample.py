@@ -1,8 +1,8 @@
 """The value of one signal for one target at one tick.
 
-A sample is a number, idle or unknown, and the three are never confused: an idle window
-(0/0, no traffic) may let a target go to its floor, while an unknown value (failed or timed
-out query, no series where one is expected) blocks every scale-down.
+A sample is a number, idle or unknown, and the three are never confused. An idle window
+(0/0, no traffic) may let a target go to its floor. An unknown value (failed or timed out
+query, no series where one is expected) blocks every scale-down.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class SignalRequest:
     """One signal that one target needs this tick.
 
     `series_labels` are the label values that identify the target's series, for example
-    `{"namespace": "llm", "grove_io_podclique": "pcs-0-decode"}`. A metric source answers
+    `{"namespace": "llm", "grove_io_podclique": "pcs-0-decode"}`. A metric source serves
     all requests of a tick with one query per signal and label set, never one per target.
     """
 

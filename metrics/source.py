@@ -15,13 +15,14 @@ SampleSeries = dict[str, dict[str, list[tuple[float, Sample]]]]
 
 @runtime_checkable
 class MetricSource(Protocol):
-    """Where the engine reads signals from: Prometheus live, or recorded data in a backtest."""
+    """A source of signals for the engine: Prometheus live, or recorded data in a backtest."""
 
     def fetch(self, requests: Sequence[SignalRequest], now: float | None = None) -> Samples:
         """Return a sample for every request, keyed by target and signal.
 
         `now` is the evaluation time in Unix seconds; None means the source's current time. A
-        source never raises for a failed read: the affected samples are unknown, with the reason.
+        failed read must not raise: the affected samples are unknown, with the reason. The
+        controller treats a source that raises anyway as if every sample were unknown.
         """
         ...
 

@@ -1,4 +1,4 @@
-"""How a number of replicas is decided: the policy contract, the registry and built-ins."""
+"""Policies, which decide a number of replicas: the policy contract, the registry and built-ins."""
 
 from policies.base import Desire, DesireKind, Policy, PolicyContext, PolicyParams, PolicyResult
 

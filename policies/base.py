@@ -61,8 +61,8 @@ class Desire:
 class PolicyContext:
     """Everything a policy may read for one target at one tick.
 
-    `samples` maps each signal the policy declared to its sample; `current_replicas` is the
-    live `/scale` value; `ready_replicas` is None when the source does not report readiness.
+    `samples` maps each signal the policy declared to its sample. `current_replicas` is the
+    live `/scale` value, and `ready_replicas` is None when readiness is not reported.
     `state` is the policy's own serialisable state from the previous tick of this target.
     """
 

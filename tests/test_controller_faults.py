@@ -2,7 +2,7 @@
 
 import pytest
 
-from autoscaler.config import parse_config
+from autoscaler.config import ScalingRules, parse_config
 from autoscaler.controller import Controller
 from autoscaler.kube import KubeClient
 from metrics.prometheus import PrometheusSource
@@ -96,3 +96,48 @@ def test_slow_list_times_out_and_holds(controller):
     assert result.decisions == []
     assert any("listing objects" in error for error in result.errors)
     assert replicas(emulator, PREFILL) == 2
+
+
+class RaisingSource:
+    """A metric source that breaks its contract by raising."""
+
+    def fetch(self, requests, now=None):
+        raise RuntimeError("source bug")
+
+
+def test_raising_source_holds_every_target(controller):
+    emulator, ctl, _ = controller
+    ctl.source = RaisingSource()
+
+    result = ctl.tick()
+
+    assert len(result.decisions) == 2
+    assert all(decision.desired == decision.current for decision in result.decisions)
+    assert any("reading signals failed: RuntimeError: source bug" in error for error in result.errors)
+    assert replicas(emulator, PREFILL) == 2
+
+
+def test_shrinks_written_before_grows(kube_emulator, shared_dir, prometheus_server):
+    """Prefill grows and decode shrinks in one tick; the decode patch reaches the API first."""
+    kube_emulator.apply_manifest(shared_dir / "grove" / "multi-node-disaggregated.yaml")
+    kube_emulator.api.patch_scale(kube_emulator.resource_type("podcliquescalinggroups"), "default", DECODE,
+                                  {"spec": {"replicas": 4}}, "application/merge-patch+json")
+    data = Backfill()
+    data.dynamo_frontend(labels(PREFILL), request_rate=10, ttft_seconds=2.0, start=T0, end=T0 + 900)
+    data.steady_gauge("dynamo_component_kvstats_gpu_cache_usage_percent", labels(DECODE), value=0.1, start=T0, end=T0 + 900)
+    server = prometheus_server(data)
+    cfg = config(server.url)
+    # Scale-down without a window, so decode shrinks in this tick.
+    cfg = cfg.model_copy(update={"targets": [
+        target.model_copy(update={"behavior": target.behavior.model_copy(update={"scale_down": ScalingRules.model_validate({"stabilizationWindowSeconds": 0})})})
+        for target in cfg.targets
+    ]})
+    controller = Controller(cfg, KubeClient(kube_emulator.api_client()), PrometheusSource.from_config(cfg.metrics), clock=lambda: T0 + 600)
+    kube_emulator.clear_requests()
+
+    controller.tick()
+
+    patched = [record.path.split("/")[-2] for record in kube_emulator.requests_matching("PATCH", r"/scale$")]
+    assert patched == [DECODE, PREFILL]
+    assert replicas(kube_emulator, DECODE) < 4
+    assert replicas(kube_emulator, PREFILL) > 2

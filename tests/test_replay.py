@@ -112,7 +112,7 @@ def test_no_flapping_between_n_and_n_minus_one(tmp_path):
 
 
 def test_one_failing_metric_blocks_scale_down_by_another(tmp_path):
-    """KV usage asks for fewer replicas but ITL is unknown, so nothing scales down."""
+    """KV usage calls for fewer replicas but ITL is unknown, so nothing scales down."""
     rows = [f"0,{DECODE},replicas,6", f"0,{DECODE},itl_p90,error", f"0,{DECODE},kv_cache_usage,0.1"]
     assert desired_by_time(replay_rows(tmp_path, rows)) == [(0.0, 6)]
 

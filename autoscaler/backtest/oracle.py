@@ -3,17 +3,18 @@
 For every window of `window_s` seconds the oracle is given the requests that arrive in it and
 sizes each role with no cold start and no forecasting error:
 
-- prefill replicas = ceil(sum over the window's requests of the profiled TTFT at their isl
+- prefill replicas = ceil(sum over the window's requests of the prefill time at their isl
   times the GPUs of one engine, divided by the window and by the replica's GPUs): the GPU
-  time the prompts need when every engine is busy all the time;
+  time the prompts need when every engine is busy all the time. The prefill time is the
+  profiled TTFT, extrapolated linearly above the profile's longest input;
 - decode replicas = ceil(output tokens of the window / window / (best decode tokens/s/GPU
   meeting the ITL SLO at the window's mean context isl + osl/2) / the replica's GPUs), the
   Dynamo planner's decode rule with the true load, except for how the best throughput is
   found. It is running requests / ITL at the best KV usage, as in the serving models, not the
   profile's throughput table (see `_best_decode`). The usage is capped at
-  sum(isl + osl/2) / sum(isl + osl) of the window (about 0.92 for the Azure traces), because
-  the serving models admit a request only with KV room for its whole sequence, while it
-  occupies isl + osl/2 on average;
+  sum(isl + osl/2) / sum(isl + osl) of the window, about 0.92 for the Azure traces. The serving
+  models admit a request only with KV room for its whole sequence, and a request occupies
+  isl + osl/2 on average, so no higher usage is reachable;
 - at least one replica per role, because a Grove scaling group cannot go to zero.
 
 Its GPU-hours are the sum over windows of the GPUs of those replicas times the window. It

@@ -19,8 +19,8 @@ running request. The rate is re-evaluated every `step_s` seconds. Every running 
 advances at the same rate, so each request's finish is a point on the pool's "virtual"
 progress: the progress at its admission plus its tokens. The running requests are numpy
 arrays of these points, and a step costs a few array operations, never work per token.
-Each admitted request is assigned a replica round-robin so a draining replica knows when its
-last request ends.
+Each admitted request is assigned a replica round-robin, so the model can tell when a draining
+replica's last request ends.
 
 TTFT = prefill queueing + prefill service + decode admission wait. A request's ITL is its
 decode time divided by its `osl - 1` generated tokens.

@@ -125,24 +125,29 @@ def load(path: str | Path, trace_format: str = "auto") -> Trace | RateShape:
         raise _not_utf8(path, error) from None
 
 
-def load_azure(path: str | Path) -> Trace:
-    path = Path(path)
-    times, isl, osl = [], [], []
+def _csv_rows(path: Path, expected: list[str], *, comments: bool = False):
+    """Yield (line number, row) of a 3-column CSV after checking its header; raise TraceError on a short row."""
     with _open(path) as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
-        expected = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
         if header is None or [column.strip() for column in header[:3]] != expected:
             raise TraceError(f"{path}:1: expected header {','.join(expected)}, got {','.join(header or [])!r}")
         for row in reader:
             line = reader.line_num
-            if not row:
+            if not row or (comments and row[0].startswith("#")):
                 continue
             if len(row) < 3:
                 raise TraceError(f"{path}:{line}: expected 3 columns, got {len(row)}: {','.join(row)!r}")
-            times.append(_parse_azure_timestamp(row[0].strip(), path, line))
-            isl.append(_parse_tokens(row[1], "ContextTokens", path, line))
-            osl.append(_parse_tokens(row[2], "GeneratedTokens", path, line))
+            yield line, row
+
+
+def load_azure(path: str | Path) -> Trace:
+    path = Path(path)
+    times, isl, osl = [], [], []
+    for line, row in _csv_rows(path, ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]):
+        times.append(_parse_azure_timestamp(row[0].strip(), path, line))
+        isl.append(_parse_tokens(row[1], "ContextTokens", path, line))
+        osl.append(_parse_tokens(row[2], "GeneratedTokens", path, line))
     return _make_trace(path.stem, times, isl, osl, path)
 
 
@@ -171,21 +176,10 @@ def load_mooncake(path: str | Path) -> Trace:
 def load_generic(path: str | Path) -> Trace:
     path = Path(path)
     times, isl, osl = [], [], []
-    with _open(path) as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        expected = ["time_s", "input_tokens", "output_tokens"]
-        if header is None or [column.strip() for column in header[:3]] != expected:
-            raise TraceError(f"{path}:1: expected header {','.join(expected)}, got {','.join(header or [])!r}")
-        for row in reader:
-            line = reader.line_num
-            if not row or row[0].startswith("#"):
-                continue
-            if len(row) < 3:
-                raise TraceError(f"{path}:{line}: expected 3 columns, got {len(row)}: {','.join(row)!r}")
-            times.append(_parse_number(row[0], "time_s", path, line))
-            isl.append(_parse_tokens(row[1], "input_tokens", path, line))
-            osl.append(_parse_tokens(row[2], "output_tokens", path, line))
+    for line, row in _csv_rows(path, ["time_s", "input_tokens", "output_tokens"], comments=True):
+        times.append(_parse_number(row[0], "time_s", path, line))
+        isl.append(_parse_tokens(row[1], "input_tokens", path, line))
+        osl.append(_parse_tokens(row[2], "output_tokens", path, line))
     return _make_trace(path.stem, times, isl, osl, path)
 
 
